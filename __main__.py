@@ -1,0 +1,3 @@
+from dupwatch.streams.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,30 @@
+"""Stage 1: byte-identical copies, by SHA-256 of the raw bytes (no decode, no false positives)."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from dupwatch.detectors.image import ImageInput
+from dupwatch.index import ExactIndex
+from dupwatch.schemas import VerdictLabel
+
+
+class Sha256Stage:
+    name = "sha256"
+    label = VerdictLabel.EXACT_DUPLICATE
+    needs_pixels = False
+
+    def describe(self, image: ImageInput) -> bytes:
+        return hashlib.sha256(image.raw).digest()
+
+    def new_index(self) -> ExactIndex:
+        return ExactIndex()
+
+    def load_index(self, path: Path) -> ExactIndex:
+        return ExactIndex.load(path)
+
+    def score(self, distance: float) -> float:
+        return 1.0
+
+    def is_decisive(self, distance: float) -> bool:
+        return distance == 0

@@ -1,0 +1,36 @@
+"""The protocol every index implements."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Self, TypeVar
+
+Signal = TypeVar("Signal", contravariant=True)
+
+
+@dataclass(frozen=True, order=True)
+class Hit:
+    """One search result. Sorting orders by distance, then by insertion (earlier images first)."""
+    distance: float
+    order: int
+    key: str
+
+
+class Index(Protocol[Signal]):
+    def add(self, key: str, signal: Signal) -> None:
+        """Index ``signal`` under ``key``; adding an existing key replaces its signal."""
+
+    def search(self, signal: Signal, k: int) -> list[Hit]:
+        """The ``k`` closest entries, closest first; ties go to the earliest added."""
+
+    def remove(self, key: str) -> bool:
+        """Forget ``key``; False if it was not there."""
+
+    def save(self, path: Path) -> None:
+        """Write the index into the directory ``path`` (created if missing)."""
+
+    @classmethod
+    def load(cls, path: Path) -> Self:
+        """Read an index written by :meth:`save`."""
+
+    def __len__(self) -> int: ...

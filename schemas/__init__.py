@@ -1,0 +1,15 @@
+"""Wire formats: the image event, the verdict and the dead-letter record.
+
+The JSON Schema documents in ``v1/`` are the contract; the dataclasses in ``records`` are what
+the code uses. Every record dupwatch writes is checked against its schema in the tests.
+"""
+from dupwatch.schemas.records import (
+    SCHEMA_VERSION, Candidate, DeadLetter, ImageEvent, Reason, Rejected, Verdict, VerdictLabel,
+    utc_now,
+)
+from dupwatch.schemas.validation import parse_image_event, schema, validate
+
+__all__ = [
+    "SCHEMA_VERSION", "Candidate", "DeadLetter", "ImageEvent", "Reason", "Rejected", "Verdict",
+    "VerdictLabel", "parse_image_event", "schema", "utc_now", "validate",
+]

@@ -1,0 +1,155 @@
+"""Typed records for the three wire formats (see the JSON Schemas in ``v1/``)."""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+class VerdictLabel(str, Enum):
+    UNIQUE = "unique"
+    EXACT_DUPLICATE = "exact_duplicate"
+    NEAR_DUPLICATE = "near_duplicate"
+    VARIANT = "variant"
+
+
+class Reason(str, Enum):
+    """Stable dead-letter reason codes: downstream tooling may branch on them."""
+    SCHEMA_INVALID = "schema_invalid"
+    UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
+    INVALID_BASE64 = "invalid_base64"
+    TOO_LARGE = "too_large"
+    DECODE_FAILED = "decode_failed"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    FETCH_FAILED = "fetch_failed"
+    PROCESSING_FAILED = "processing_failed"
+
+
+class Rejected(Exception):
+    """Input that dupwatch cannot process; becomes a dead-letter record, never a crash."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class ImageEvent:
+    image_id: str
+    tenant: str = "default"
+    data: bytes | None = None
+    uri: str | None = None
+    content_type: str | None = None
+    submitted_at: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        doc: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "image_id": self.image_id,
+                               "tenant": self.tenant}
+        if self.data is not None:
+            doc["data"] = base64.b64encode(self.data).decode("ascii")
+        if self.uri is not None:
+            doc["uri"] = self.uri
+        for name in ("content_type", "submitted_at"):
+            if getattr(self, name) is not None:
+                doc[name] = getattr(self, name)
+        if self.metadata:
+            doc["metadata"] = self.metadata
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @property
+    def key(self) -> bytes:
+        """Record key: same tenant and id land on the same partition, so redeliveries stay ordered."""
+        return f"{self.tenant}/{self.image_id}".encode()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    image_id: str
+    stage: str
+    score: float
+    distance: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    image_id: str
+    tenant: str
+    verdict: VerdictLabel
+    match_id: str | None
+    stage: str | None
+    score: float | None
+    distance: float | None
+    candidates: list[Candidate]
+    timings_ms: dict[str, float]
+    worker: str
+    processed_at: str
+    submitted_at: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = dataclasses.asdict(self)
+        doc["verdict"] = self.verdict.value
+        if not self.metadata:
+            del doc["metadata"]
+        return doc
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> "Verdict":
+        doc = json.loads(raw)
+        doc["verdict"] = VerdictLabel(doc["verdict"])
+        doc["candidates"] = [Candidate(**c) for c in doc["candidates"]]
+        return cls(**doc)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    reason: Reason
+    detail: str
+    image_id: str | None
+    tenant: str | None
+    source: dict[str, Any]
+    key: str | None
+    headers: list[dict[str, str]]
+    excerpt: str
+    payload_bytes: int
+    worker: str
+    failed_at: str
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def build(cls, error: Rejected, payload: bytes, *, worker: str, excerpt_bytes: int,
+              key: bytes | None = None, headers: list[tuple[str, bytes]] | None = None,
+              topic: str | None = None, partition: int | None = None, offset: int | None = None,
+              image_id: str | None = None, tenant: str | None = None) -> "DeadLetter":
+        b64 = lambda raw: base64.b64encode(raw).decode("ascii")  # noqa: E731
+        return cls(
+            reason=error.reason, detail=error.detail, image_id=image_id, tenant=tenant,
+            source={"topic": topic, "partition": partition, "offset": offset},
+            key=None if key is None else b64(key),
+            headers=[{"name": name, "value": b64(value or b"")} for name, value in headers or []],
+            excerpt=b64(payload[:excerpt_bytes]), payload_bytes=len(payload), worker=worker,
+            failed_at=utc_now())
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = dataclasses.asdict(self)
+        doc["reason"] = self.reason.value
+        return doc
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()

@@ -1,0 +1,175 @@
+"""One typed settings object for every dupwatch command.
+
+Values come, in rising priority, from the field defaults, ``DUPWATCH_<NAME>`` environment
+variables and command-line flags (``--name-with-dashes``). Nothing else in dupwatch reads the
+environment: it receives a :class:`Settings`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "DUPWATCH_"
+
+
+def _opt(default: Any, help: str, group: str, **kwargs: Any) -> Any:
+    return field(default=default, metadata={"help": help, "group": group}, **kwargs)
+
+
+def _list(default: list[str], help: str, group: str) -> Any:
+    return field(default_factory=lambda: list(default), metadata={"help": help, "group": group})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # -- kafka: where the broker is and how to authenticate to it
+    bootstrap_servers: str = _opt(
+        "127.0.0.1:9092", "Kafka bootstrap servers, comma separated (host:port,...).", "kafka")
+    security_protocol: str = _opt(
+        "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.", "kafka")
+    sasl_mechanism: str = _opt("PLAIN", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.", "kafka")
+    sasl_username: str = _opt("", "SASL user name.", "kafka")
+    sasl_password: str = _opt("", "SASL password (never logged).", "kafka", repr=False)
+    ssl_cafile: str = _opt("", "CA bundle (PEM) that signed the brokers' certificates.", "kafka")
+    ssl_certfile: str = _opt("", "Client certificate (PEM) for mutual TLS.", "kafka")
+    ssl_keyfile: str = _opt("", "Client private key (PEM) for mutual TLS.", "kafka")
+    # -- topics: names and layout, created explicitly at start-up
+    input_topic: str = _opt("dupwatch.images", "Topic the image events are read from.", "topics")
+    verdict_topic: str = _opt("dupwatch.verdicts", "Topic the verdicts are written to.", "topics")
+    dead_letter_topic: str = _opt(
+        "dupwatch.dead-letters", "Topic that receives rejected events with a reason.", "topics")
+    partitions: int = _opt(4, "Partitions for the topics dupwatch creates.", "topics")
+    replication_factor: int = _opt(1, "Replication factor for the topics dupwatch creates.", "topics")
+    # -- detection: the cascade's stages and thresholds
+    phash_size: int = _opt(
+        8, "pHash grid side: the hash has phash_size^2 bits (8 gives 64 bits).", "detection")
+    phash_max_distance: int = _opt(
+        10, "Largest Hamming distance (bits) the pHash stage calls a near_duplicate.", "detection")
+    decode_draft_side: int = _opt(
+        256, "Decode big JPEGs at reduced scale while the shorter side stays >= this (0: off).",
+        "detection")
+    search_k: int = _opt(8, "Candidates each stage fetches from its index.", "detection")
+    top_k: int = _opt(0, "Best candidates to list in each verdict (0: none).", "detection")
+    # -- limits: what counts as bad input
+    max_event_bytes: int = _opt(
+        16 * 1024 * 1024, "Largest accepted event or image, in bytes.", "limits")
+    max_image_pixels: int = _opt(
+        50_000_000, "Largest accepted image area in pixels (decompression-bomb guard).", "limits")
+    max_metadata_bytes: int = _opt(
+        16 * 1024, "Largest accepted 'metadata' object, as JSON bytes.", "limits")
+    uri_roots: list[str] = _list(
+        [], "Directories that file:// URIs may point into, comma separated (empty: none).",
+        "limits")
+    dead_letter_excerpt_bytes: int = _opt(
+        1024, "Bytes of the original payload kept in a dead-letter record.", "limits")
+    # -- worker: the stream processor
+    group_id: str = _opt("dupwatch", "Consumer group and Faust app id of the workers.", "worker")
+    worker_name: str = _opt(
+        f"{socket.gethostname()}-{os.getpid()}", "Name written into each verdict.", "worker")
+    batch_size: int = _opt(32, "Most events the worker takes into one batch.", "worker")
+    batch_timeout_ms: int = _opt(
+        20, "Longest wait (ms) for a batch to fill before it is processed.", "worker")
+    state_dir: str = _opt(
+        "", "Directory for index snapshots, loaded at start and saved at stop (empty: memory only).",
+        "worker")
+    web_port: int = _opt(6066, "Port of the worker's HTTP server.", "worker")
+    web_enabled: bool = _opt(False, "Serve the worker's HTTP endpoints.", "worker")
+    rebalance_timeout_s: float = _opt(
+        20.0, "Consumer-group rebalance timeout (s); a join waits about half of it.", "worker")
+    session_timeout_s: float = _opt(
+        20.0, "Consumer-group session timeout (s): how soon a dead worker is noticed.", "worker")
+    log_level: str = _opt("warning", "Worker log level: debug, info, warning or error.", "worker")
+
+    @property
+    def bootstrap_list(self) -> list[str]:
+        return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None,
+             args: argparse.Namespace | None = None) -> "Settings":
+        """Defaults, overridden by ``DUPWATCH_*`` variables, overridden by parsed CLI flags."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f, raw)
+            flag_value = getattr(args, f.name, None) if args is not None else None
+            if flag_value is not None:
+                values[f.name] = _parse(f, flag_value) if isinstance(flag_value, str) else flag_value
+        return cls(**values)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser, groups: list[str]) -> None:
+        """Add one ``--flag`` per setting in ``groups``; unset flags keep env/default values."""
+        for group in groups:
+            arg_group = parser.add_argument_group(f"{group} settings")
+            for f in dataclasses.fields(cls):
+                if f.metadata["group"] != group:
+                    continue
+                env_name = ENV_PREFIX + f.name.upper()
+                arg_group.add_argument(
+                    "--" + f.name.replace("_", "-"), dest=f.name, default=None,
+                    metavar=_metavar(f), help=f"{f.metadata['help']} [env {env_name}]")
+
+    @classmethod
+    def reference_rows(cls) -> list[tuple[str, str, str, str]]:
+        """(flag, env var, default, help) for every setting: the README's configuration table."""
+        rows = []
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if f.name == "worker_name":
+                default = "<hostname>-<pid>"
+            if isinstance(default, list):
+                default = ",".join(default)
+            rows.append(("--" + f.name.replace("_", "-"), ENV_PREFIX + f.name.upper(),
+                         str(default), f.metadata["help"]))
+        return rows
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``DUPWATCH_*`` variables, to hand to a child process."""
+        env = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            env[ENV_PREFIX + f.name.upper()] = (",".join(value) if isinstance(value, list)
+                                                else str(value).lower() if isinstance(value, bool)
+                                                else str(value))
+        return env
+
+    def state_path(self) -> Path | None:
+        return Path(self.state_dir) if self.state_dir else None
+
+
+def _metavar(f: dataclasses.Field) -> str:
+    return {"int": "N", "float": "SECONDS" if f.name.endswith("_s") else "X",
+            "bool": "true|false", "list[str]": "A,B"}.get(str(f.type), "TEXT")
+
+
+def _parse(f: dataclasses.Field, raw: str) -> Any:
+    kind = str(f.type)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind == "list[str]":
+            return [part.strip() for part in raw.split(",") if part.strip()]
+    except ValueError:
+        raise SystemExit(
+            f"dupwatch: setting {f.name} expects {kind}, got {raw!r} "
+            f"(from --{f.name.replace('_', '-')} or {ENV_PREFIX}{f.name.upper()})") from None
+    return raw

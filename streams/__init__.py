@@ -1,0 +1,1 @@
+"""Everything that touches Kafka and Faust: the worker, topics, publishing, the CLI."""

@@ -1,0 +1,57 @@
+"""A worker as a child process (`python -m dupwatch worker`), for the demo, benchmarks and tests."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from dupwatch.settings import Settings
+
+
+class WorkerProcess:
+    def __init__(self, settings: Settings, log_path: Path | None = None) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self) -> "WorkerProcess":
+        env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        self._log = open(self.log_path, "ab") if self.log_path else None
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "dupwatch", "worker"], env=env,
+            stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM, so the worker leaves its group and saves its state; SIGKILL if it hangs."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        code = self.process.returncode
+        self.process = None
+        if self._log:
+            self._log.close()
+        return code
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> "WorkerProcess":
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
