@@ -71,9 +71,14 @@ class Settings:
     group_id: str = _opt("dupwatch", "Consumer group and Faust app id of the workers.", "worker")
     worker_name: str = _opt(
         f"{socket.gethostname()}-{os.getpid()}", "Name written into each verdict.", "worker")
-    batch_size: int = _opt(32, "Most events the worker takes into one batch.", "worker")
+    batch_size: int = _opt(64, "Most events the worker takes into one batch.", "worker")
     batch_timeout_ms: int = _opt(
         20, "Longest wait (ms) for a batch to fill before it is processed.", "worker")
+    decode_threads: int = _opt(
+        os.cpu_count() or 2, "Threads that parse and decode a batch's images in parallel.",
+        "worker")
+    search_threads: int = _opt(
+        1, "FAISS (OpenMP) threads per search; more only helps big batched searches.", "worker")
     state_dir: str = _opt(
         "", "Directory for index snapshots, loaded at start and saved at stop (empty: memory only).",
         "worker")
@@ -126,8 +131,8 @@ class Settings:
         rows = []
         for f in dataclasses.fields(cls):
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            if f.name == "worker_name":
-                default = "<hostname>-<pid>"
+            if f.name in _MACHINE_DEFAULTS:
+                default = _MACHINE_DEFAULTS[f.name]
             if isinstance(default, list):
                 default = ",".join(default)
             rows.append(("--" + f.name.replace("_", "-"), ENV_PREFIX + f.name.upper(),
@@ -146,6 +151,9 @@ class Settings:
 
     def state_path(self) -> Path | None:
         return Path(self.state_dir) if self.state_dir else None
+
+
+_MACHINE_DEFAULTS = {"worker_name": "<hostname>-<pid>", "decode_threads": "<CPU count>"}
 
 
 def _metavar(f: dataclasses.Field) -> str:

@@ -10,7 +10,7 @@ from dupwatch.detectors.image import DecodeLimits, ImageInput
 from dupwatch.detectors.phash import PHashStage
 from dupwatch.detectors.protocol import Stage
 from dupwatch.detectors.sha256 import Sha256Stage
-from dupwatch.index import Hit, TenantIndexes
+from dupwatch.index import Hit, TenantIndexes, set_search_threads
 from dupwatch.schemas import Candidate, Verdict, VerdictLabel, utc_now
 from dupwatch.settings import Settings
 
@@ -50,21 +50,27 @@ class Cascade:
     """
 
     def __init__(self, stages: list[Stage], limits: DecodeLimits, search_k: int = 8,
-                 top_k: int = 0) -> None:
+                 top_k: int = 0, search_threads: int = 1) -> None:
         self.stages = stages
+        self.search_threads = search_threads
         self.limits = limits
         self.search_k = search_k
         self.top_k = top_k
         self.indexes: dict[str, TenantIndexes] = {
             stage.name: TenantIndexes(stage.new_index, stage.load_index) for stage in stages}
 
-    def check(self, tenant: str, image_id: str, raw: bytes, *, index: bool = True) -> CascadeResult:
+    def image(self, raw: bytes) -> ImageInput:
+        return ImageInput(raw, self.limits)
+
+    def check(self, tenant: str, image_id: str, image: ImageInput, *,
+              index: bool = True) -> CascadeResult:
         """Compare one image with the tenant's earlier images, then (if ``index``) remember it.
 
         Raises :class:`dupwatch.schemas.Rejected` for bytes that cannot be decoded.
         """
         started = time.perf_counter()
-        image = ImageInput(raw, self.limits)
+        # OpenMP's thread count is per calling thread, and workers call from their own thread.
+        set_search_threads(self.search_threads)
         run = _Run()
         match = None
         for stage in self.stages:
@@ -81,13 +87,14 @@ class Cascade:
 
     def _run_stage(self, stage: Stage, tenant: str, image_id: str, image: ImageInput,
                    run: _Run) -> Candidate | None:
-        if stage.needs_pixels and image.decode_ms is None:
-            image.pixels  # noqa: B018  decode once, timed on its own
+        if stage.needs_pixels:
+            image.pixels  # noqa: B018  decoded once (maybe ahead of time), timed on its own
             run.timings_ms["decode"] = round(image.decode_ms or 0.0, 3)
         started = time.perf_counter()
         signal = run.signals[stage.name] = stage.describe(image)
-        hits = [hit for hit in self.indexes[stage.name].for_tenant(tenant).search(
-            signal, self.search_k + 1) if hit.key != image_id][: self.search_k]
+        index = self.indexes[stage.name].existing(tenant)
+        found = index.search(signal, self.search_k + 1) if index is not None else []
+        hits = [hit for hit in found if hit.key != image_id][: self.search_k]  # never itself
         run.timings_ms[stage.name] = _ms_since(started)
         run.candidates.extend(self._candidate(stage, hit) for hit in hits)
         decisive = [hit for hit in hits if stage.is_decisive(hit.distance)]
@@ -117,7 +124,8 @@ def build_cascade(settings: Settings) -> Cascade:
     stages: list[Stage] = [Sha256Stage(),
                            PHashStage(settings.phash_size, settings.phash_max_distance)]
     cascade = Cascade(stages, DecodeLimits(settings.max_image_pixels, settings.decode_draft_side),
-                      search_k=settings.search_k, top_k=settings.top_k)
+                      search_k=settings.search_k, top_k=settings.top_k,
+                      search_threads=settings.search_threads)
     state = settings.state_path()
     if state is not None:
         cascade.load(state)

@@ -48,10 +48,16 @@ def decode(raw: bytes, limits: DecodeLimits) -> Image.Image:
         try:
             image = Image.open(io.BytesIO(raw))
         except UnidentifiedImageError:
+            if raw.lstrip()[:1] == b"<":  # SVG, XML or HTML: text formats we do not render
+                raise Rejected(Reason.UNSUPPORTED_FORMAT,
+                               f"markup ({_magic(raw)}), e.g. SVG, is not supported") from None
             raise Rejected(Reason.DECODE_FAILED,
                            f"not a recognisable image ({_magic(raw)})") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise Rejected(Reason.TOO_LARGE, str(exc)) from None
+        except Exception as exc:  # a header Pillow recognised but could not read
+            raise Rejected(Reason.DECODE_FAILED,
+                           f"image header could not be read: {exc} ({_magic(raw)})") from None
         if image.format not in SUPPORTED_FORMATS:
             raise Rejected(Reason.UNSUPPORTED_FORMAT,
                            f"{image.format} images are not supported "
@@ -64,7 +70,7 @@ def decode(raw: bytes, limits: DecodeLimits) -> Image.Image:
             image.draft("RGB", _draft_size(width, height, limits.draft_min_side))
         try:
             image.load()
-            image = ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)
         except Exception as exc:  # Pillow raises many types for corrupt data; all mean the same
             raise Rejected(Reason.DECODE_FAILED,
                            f"{image.format} data could not be decoded: {exc}") from None
@@ -83,7 +89,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         values = np.asarray(image, dtype=np.float64)
         low, high = float(values.min()), float(values.max())
         scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
-        image = Image.fromarray(scaled.astype(np.uint8), mode="L")
+        image = Image.fromarray(scaled.astype(np.uint8))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -13,7 +13,12 @@ class TenantIndexes(Generic[I]):
         self._load_index = load_index
         self._by_tenant: dict[str, I] = {}
 
+    def existing(self, tenant: str) -> I | None:
+        """The tenant's index, or None if it has never had an entry (searching creates nothing)."""
+        return self._by_tenant.get(tenant)
+
     def for_tenant(self, tenant: str) -> I:
+        """The tenant's index, created empty on first use."""
         index = self._by_tenant.get(tenant)
         if index is None:
             index = self._by_tenant[tenant] = self._new_index()

@@ -44,7 +44,8 @@ class EmbeddedBroker:
 
     def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s
-        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+        # log_level 0: "connection refused" is expected until the broker listens
+        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0})
         while time.monotonic() < deadline:
             if self._process is not None and self._process.poll() is not None:
                 self._log.seek(0)

@@ -127,7 +127,7 @@ def _publish(settings: Settings, args: argparse.Namespace) -> int:
     for count, event in enumerate(file_events(files, args.tenant, args.as_uri), start=1):
         publisher.publish(event)
         _progress(count, len(files), "published")
-    publisher.flush()
+    publisher.close()
     print(f"published {len(files)} images to {settings.input_topic}", file=sys.stderr)
     return 0
 

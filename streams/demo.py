@@ -41,6 +41,7 @@ def run_demo(settings: Settings) -> int:
                 for record in reader.records(max_records=len(wave), idle_timeout_s=WAVE_TIMEOUT_S):
                     table.row(record.document)
                     received[record.document.get("image_id") or "?"] = record.document
+            publisher.close()
         return _summarise(samples, received, say)
 
 

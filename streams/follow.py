@@ -24,7 +24,10 @@ class TopicReader:
 
     def __init__(self, settings: Settings, topics: list[str], from_beginning: bool = True) -> None:
         self._consumer = Consumer(confluent_config(
-            settings, **{"group.id": "dupwatch-reader", "enable.auto.commit": False}))
+            settings, **{"group.id": "dupwatch-reader", "enable.auto.commit": False,
+                         # some brokers hold a fetch for its whole wait even when data arrives;
+                         # a short wait keeps a live view live
+                         "fetch.wait.max.ms": 25}))
         offset = OFFSET_BEGINNING if from_beginning else OFFSET_END
         metadata = self._consumer.list_topics(timeout=30)
         partitions = [TopicPartition(topic, p, offset) for topic in topics

@@ -21,7 +21,9 @@ def max_message_bytes(settings: Settings) -> int:
 def confluent_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     """librdkafka properties for a producer, consumer or admin client."""
     config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers,
-                              "security.protocol": settings.security_protocol}
+                              "security.protocol": settings.security_protocol,
+                              # a broker closing idle connections is routine, not worth a log line
+                              "log.connection.close": False}
     if "SASL" in settings.security_protocol:
         config.update({"sasl.mechanism": settings.sasl_mechanism,
                        "sasl.username": settings.sasl_username,

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from dupwatch.detectors import Cascade
+from dupwatch.detectors import Cascade, ImageInput
 from dupwatch.schemas import (
     DeadLetter, ImageEvent, Reason, Rejected, Verdict, parse_image_event,
 )
@@ -24,36 +25,74 @@ class InputRecord:
     offset: int | None = None
 
 
+@dataclass
+class _Prepared:
+    """A record after the per-event work that needs no index: parsed, fetched, decoded."""
+    record: InputRecord
+    event: ImageEvent | None = None
+    image: ImageInput | None = None
+    error: Rejected | None = None
+
+
 class Processor:
+    """Turns records into verdicts or dead letters, batch by batch.
+
+    Parsing, fetching and decoding run on ``decode_threads`` threads (Pillow releases the GIL);
+    the cascade's search-then-index runs in record order on the calling thread, so results do
+    not depend on the batching.
+    """
+
     def __init__(self, settings: Settings, cascade: Cascade) -> None:
         self.settings = settings
         self.cascade = cascade
+        self._pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="dupwatch-decode")
 
     def handle_batch(self, records: list[InputRecord]) -> list[Verdict | DeadLetter]:
-        return [self.handle(record) for record in records]
+        return [self._finish(prepared) for prepared in self._pool.map(self._prepare, records)]
 
     def handle(self, record: InputRecord) -> Verdict | DeadLetter:
-        """Never raises: whatever goes wrong becomes a dead letter and the stream moves on."""
-        event: ImageEvent | None = None
-        try:
-            event = parse_image_event(record.value, max_event_bytes=self.settings.max_event_bytes,
-                                      max_metadata_bytes=self.settings.max_metadata_bytes)
-            return self.check(event)
-        except Rejected as error:
-            return self._dead_letter(error, record, event)
-        except Exception as exc:  # a bug must cost one event, not the partition
-            log.exception("processing failed for record at %s/%s/%s",
-                          record.topic, record.partition, record.offset)
-            error = Rejected(Reason.PROCESSING_FAILED, f"{type(exc).__name__}: {exc}")
-            return self._dead_letter(error, record, event)
+        return self._finish(self._prepare(record))
 
-    def check(self, event: ImageEvent) -> Verdict:
-        raw = event.data if event.data is not None else read_uri(
-            event.uri or "", self.settings.uri_roots, self.settings.max_event_bytes)
-        result = self.cascade.check(event.tenant, event.image_id, raw)
-        return result.to_verdict(image_id=event.image_id, tenant=event.tenant,
-                                 worker=self.settings.worker_name,
-                                 submitted_at=event.submitted_at, metadata=event.metadata)
+    def _prepare(self, record: InputRecord) -> _Prepared:
+        prepared = _Prepared(record)
+        try:
+            prepared.event = event = parse_image_event(
+                record.value, max_event_bytes=self.settings.max_event_bytes,
+                max_metadata_bytes=self.settings.max_metadata_bytes)
+            raw = event.data if event.data is not None else read_uri(
+                event.uri or "", self.settings.uri_roots, self.settings.max_event_bytes)
+            prepared.image = self.cascade.image(raw)
+            # Decode ahead even if the SHA-256 stage may settle it: bytes that fail to decode
+            # can never equal an indexed image's, so this changes no verdict, and it runs in
+            # parallel.
+            prepared.image.pixels  # noqa: B018
+        except Rejected as error:
+            prepared.error = error
+        except Exception as exc:  # a bug must cost one event, not the partition
+            prepared.error = self._unexpected(exc, record)
+        return prepared
+
+    def _finish(self, prepared: _Prepared) -> Verdict | DeadLetter:
+        """Never raises: whatever went wrong becomes a dead letter and the stream moves on."""
+        event, image = prepared.event, prepared.image
+        if prepared.error is None and event is not None and image is not None:
+            try:
+                result = self.cascade.check(event.tenant, event.image_id, image)
+                return result.to_verdict(image_id=event.image_id, tenant=event.tenant,
+                                         worker=self.settings.worker_name,
+                                         submitted_at=event.submitted_at, metadata=event.metadata)
+            except Rejected as error:
+                prepared.error = error
+            except Exception as exc:
+                prepared.error = self._unexpected(exc, prepared.record)
+        assert prepared.error is not None
+        return self._dead_letter(prepared.error, prepared.record, event)
+
+    @staticmethod
+    def _unexpected(exc: Exception, record: InputRecord) -> Rejected:
+        log.exception("processing failed for record at %s/%s/%s",
+                      record.topic, record.partition, record.offset)
+        return Rejected(Reason.PROCESSING_FAILED, f"{type(exc).__name__}: {exc}")
 
     def _dead_letter(self, error: Rejected, record: InputRecord,
                      event: ImageEvent | None) -> DeadLetter:

@@ -51,6 +51,11 @@ class Publisher:
         if self._errors:
             raise RuntimeError(f"{len(self._errors)} events were refused: {self._errors[0]}")
 
+    def close(self) -> None:
+        """Flush, then disconnect (so no reconnect attempts outlive a stopped broker)."""
+        self.flush()
+        self._producer.close()
+
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
         if error is not None:
             self._errors.append(str(error))

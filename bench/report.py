@@ -1,0 +1,28 @@
+"""Writing benchmark results: JSON for machines, a table for people."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def percentiles_ms(seconds: list[float]) -> dict[str, float]:
+    values = np.array(seconds) * 1000
+    return {f"p{q}": round(float(np.percentile(values, q)), 2) for q in (50, 90, 99)}
+
+
+def write_results(path: str, results: dict[str, Any], rows: list[tuple[str, str]]) -> None:
+    Path(path).write_text(json.dumps(results, indent=2) + "\n")
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name.ljust(width)}  {value}")
+    print(f"(JSON written to {path})")

@@ -1,0 +1,86 @@
+"""The wire formats: documented examples validate, the parser rejects with the right reason."""
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from dupwatch.detectors import build_cascade
+from dupwatch.schemas import (
+    DeadLetter, Reason, Rejected, parse_image_event, schema, validate,
+)
+from dupwatch.schemas.validation import SCHEMA_NAMES
+from dupwatch.settings import Settings
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+LIMITS = {"max_event_bytes": 1_000_000, "max_metadata_bytes": 1_000}
+
+
+def _readme_examples() -> list[tuple[str, str]]:
+    """(schema name, JSON text) for each README block tagged <!-- example: NAME -->."""
+    text = README.read_text()
+    return re.findall(r"<!-- example: (\w+) -->\s*```json\n(.*?)```", text, flags=re.S)
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+def test_schema_documents_own_examples_validate(name: str) -> None:
+    examples = schema(name)["examples"]
+    assert examples
+    for example in examples:
+        assert validate(name, example) == []
+
+
+def test_every_readme_example_validates() -> None:
+    examples = _readme_examples()
+    assert {name for name, _ in examples} == set(SCHEMA_NAMES)
+    for name, text in examples:
+        assert validate(name, json.loads(text)) == [], text
+
+
+def _event(**fields) -> bytes:
+    return json.dumps({"image_id": "a", "data": base64.b64encode(b"img").decode(), **fields}).encode()
+
+
+def test_a_valid_event_parses_with_defaults() -> None:
+    event = parse_image_event(_event(metadata={"k": [1, 2]}), **LIMITS)
+    assert (event.image_id, event.tenant, event.data, event.metadata) == ("a", "default", b"img", {"k": [1, 2]})
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (b"\xff\xfe not json", Reason.SCHEMA_INVALID),
+    (b"[1, 2]", Reason.SCHEMA_INVALID),
+    (json.dumps({"data": "aW1n"}).encode(), Reason.SCHEMA_INVALID),                 # no image_id
+    (_event(uri="file:///x.jpg"), Reason.SCHEMA_INVALID),                          # data and uri
+    (json.dumps({"image_id": "a"}).encode(), Reason.SCHEMA_INVALID),               # neither
+    (_event(image_id=7), Reason.SCHEMA_INVALID),                                   # wrong type
+    (_event(tenant="../etc"), Reason.SCHEMA_INVALID),                               # unsafe tenant
+    (_event(submitted_at="yesterday"), Reason.SCHEMA_INVALID),
+    (_event(colour="red"), Reason.SCHEMA_INVALID),                                  # unknown field
+    (_event(schema_version=2), Reason.UNSUPPORTED_SCHEMA_VERSION),
+    (_event(data="not base64!"), Reason.INVALID_BASE64),
+    (_event(metadata={"blob": "x" * 2000}), Reason.TOO_LARGE),
+    (_event(data=base64.b64encode(b"x" * 1_000_000).decode()), Reason.TOO_LARGE),
+])
+def test_bad_events_are_rejected_with_a_reason(payload: bytes, reason: Reason) -> None:
+    with pytest.raises(Rejected) as caught:
+        parse_image_event(payload, **LIMITS)
+    assert caught.value.reason == reason
+    assert caught.value.detail
+
+
+def test_records_the_code_writes_validate(samples) -> None:
+    cascade = build_cascade(Settings(top_k=3))
+    original, copy = samples[0].file, next(s.file for s in samples if s.source == samples[0].file.image_id)
+    for image in (original, copy):
+        result = cascade.check("t", image.image_id, cascade.image(image.path.read_bytes()))
+        verdict = result.to_verdict(image_id=image.image_id, tenant="t", worker="w",
+                                    metadata={"order": 1})
+        assert validate("verdict", verdict.to_dict()) == []
+    letter = DeadLetter.build(Rejected(Reason.DECODE_FAILED, "bad"), b"x" * 5000, worker="w",
+                              excerpt_bytes=100, key=b"k", headers=[("h", b"v")], topic="in",
+                              partition=0, offset=9)
+    assert validate("dead_letter", letter.to_dict()) == []
+    assert len(base64.b64decode(letter.excerpt)) == 100 and letter.payload_bytes == 5000
