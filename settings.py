@@ -46,13 +46,30 @@ class Settings:
     partitions: int = _opt(4, "Partitions for the topics dupwatch creates.", "topics")
     replication_factor: int = _opt(1, "Replication factor for the topics dupwatch creates.", "topics")
     # -- detection: the cascade's stages and thresholds
+    stages: list[str] = _list(
+        ["sha256", "phash", "embedding"],
+        "Stages of the cascade, in order (sha256, phash, embedding).", "detection")
+    min_score: float = _opt(
+        0.99, "Calibrated score (measured precision) a match needs to be decisive, any stage.",
+        "detection")
     phash_size: int = _opt(
         8, "pHash grid side: the hash has phash_size^2 bits (8 gives 64 bits).", "detection")
     phash_max_distance: int = _opt(
-        10, "Largest Hamming distance (bits) the pHash stage calls a near_duplicate.", "detection")
+        16, "Largest Hamming distance (bits) at which a pHash match counts as evidence at all.",
+        "detection")
+    phash_near_distance: int = _opt(
+        8, "Largest Hamming distance (bits) of a match labelled near_duplicate, not variant.",
+        "detection")
     decode_draft_side: int = _opt(
         256, "Decode big JPEGs at reduced scale while the shorter side stays >= this (0: off).",
         "detection")
+    weights: str = _opt(
+        "", "Encoder weights file (empty: the bundled model/weights/encoder-v1.pt).", "detection")
+    embedding_resolution: int = _opt(
+        160, "Side in pixels the encoder sees (the model was trained at 160).", "detection")
+    embedding_device: str = _opt("auto", "auto (CUDA when present), cuda or cpu.", "detection")
+    embedding_threads: int = _opt(
+        0, "CPU threads for the encoder (0: PyTorch's default, one per core).", "detection")
     search_k: int = _opt(8, "Candidates each stage fetches from its index.", "detection")
     top_k: int = _opt(0, "Best candidates to list in each verdict (0: none).", "detection")
     # -- limits: what counts as bad input
@@ -82,8 +99,10 @@ class Settings:
     state_dir: str = _opt(
         "", "Directory for index snapshots, loaded at start and saved at stop (empty: memory only).",
         "worker")
-    web_port: int = _opt(6066, "Port of the worker's HTTP server.", "worker")
-    web_enabled: bool = _opt(False, "Serve the worker's HTTP endpoints.", "worker")
+    web_port: int = _opt(
+        6066, "Port of the worker's HTTP server: /metrics, /healthz and /readyz.", "worker")
+    web_enabled: bool = _opt(
+        True, "Serve the worker's HTTP endpoints (metrics and health probes).", "worker")
     rebalance_timeout_s: float = _opt(
         20.0, "Consumer-group rebalance timeout (s); a join waits about half of it.", "worker")
     session_timeout_s: float = _opt(

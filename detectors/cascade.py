@@ -4,8 +4,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from dupwatch.detectors.calibration import combine_scores, load_calibrations
 from dupwatch.detectors.image import DecodeLimits, ImageInput
 from dupwatch.detectors.phash import PHashStage
 from dupwatch.detectors.protocol import Stage
@@ -13,6 +14,8 @@ from dupwatch.detectors.sha256 import Sha256Stage
 from dupwatch.index import Hit, TenantIndexes, set_search_threads
 from dupwatch.schemas import Candidate, Verdict, VerdictLabel, utc_now
 from dupwatch.settings import Settings
+
+CALIBRATION_FILE = Path(__file__).resolve().parents[1] / "model" / "calibration.json"
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,7 @@ class CascadeResult:
     timings_ms: dict[str, float]
 
     def to_verdict(self, *, image_id: str, tenant: str, worker: str,
-                   submitted_at: str | None = None,
+                   model_version: str | None = None, submitted_at: str | None = None,
                    metadata: dict[str, Any] | None = None) -> Verdict:
         match = self.match
         return Verdict(
@@ -31,7 +34,8 @@ class CascadeResult:
             match_id=match.image_id if match else None, stage=match.stage if match else None,
             score=match.score if match else None, distance=match.distance if match else None,
             candidates=self.candidates, timings_ms=self.timings_ms, worker=worker,
-            processed_at=utc_now(), submitted_at=submitted_at, metadata=metadata or {})
+            processed_at=utc_now(), model_version=model_version, submitted_at=submitted_at,
+            metadata=metadata or {})
 
 
 @dataclass
@@ -49,18 +53,38 @@ class Cascade:
     atomic, so two copies checked by one process can never both come out unique.
     """
 
-    def __init__(self, stages: list[Stage], limits: DecodeLimits, search_k: int = 8,
-                 top_k: int = 0, search_threads: int = 1) -> None:
+    def __init__(self, stages: list[Stage], limits: DecodeLimits, min_score: float = 0.99,
+                 search_k: int = 8, top_k: int = 0, search_threads: int = 1,
+                 model_version: str | None = None) -> None:
         self.stages = stages
-        self.search_threads = search_threads
+        self.min_score = min_score
         self.limits = limits
         self.search_k = search_k
         self.top_k = top_k
+        self.search_threads = search_threads
+        self.model_version = model_version
         self.indexes: dict[str, TenantIndexes] = {
             stage.name: TenantIndexes(stage.new_index, stage.load_index) for stage in stages}
 
     def image(self, raw: bytes) -> ImageInput:
         return ImageInput(raw, self.limits)
+
+    def prefetch(self, batch: list[tuple[str, str, ImageInput]]) -> None:
+        """Compute batched stages' signals for a whole batch in one go (one forward pass).
+
+        Only for images the cheaper stages do not already settle against the indexes as they
+        are now; ``check`` reuses these signals and computes any that are missing, so the
+        verdicts are the same as one by one.
+        """
+        pending = [(tenant, image_id, image, _Run()) for tenant, image_id, image in batch]
+        for stage in self.stages:
+            if getattr(stage, "batched", False) and pending:
+                images = [image for _, _, image, _ in pending]
+                for image, signal in zip(images, stage.describe_batch(images)):
+                    image.signals[stage.name] = signal
+            pending = [(tenant, image_id, image, run) for tenant, image_id, image, run in pending
+                       if self._decide(stage, self._search(stage, tenant, image_id,
+                                                           self._signal(stage, image)), run) is None]
 
     def check(self, tenant: str, image_id: str, image: ImageInput, *,
               index: bool = True) -> CascadeResult:
@@ -81,9 +105,19 @@ class Cascade:
             for name, signal in run.signals.items():
                 self.indexes[name].for_tenant(tenant).add(image_id, signal)
         run.timings_ms["total"] = _ms_since(started)
-        label = next(s.label for s in self.stages if s.name == match.stage) if match else VerdictLabel.UNIQUE
+        label = self._label(match, run) if match else VerdictLabel.UNIQUE
         best = _best_per_image(run.candidates)[: self.top_k]
         return CascadeResult(label, match, best, run.timings_ms)
+
+    def _label(self, match: Candidate, run: _Run) -> VerdictLabel:
+        """The label of the cheapest stage that recognises the match as its kind of copy: a copy
+        the pHash still finds close is a near duplicate even when the embedding settled it."""
+        recognised = {c.stage for c in run.candidates
+                      if c.image_id == match.image_id and self._stage(c.stage).recognises(c.distance)}
+        return next(stage.label for stage in self.stages if stage.name in recognised)
+
+    def _stage(self, name: str) -> Stage:
+        return next(stage for stage in self.stages if stage.name == name)
 
     def _run_stage(self, stage: Stage, tenant: str, image_id: str, image: ImageInput,
                    run: _Run) -> Candidate | None:
@@ -91,14 +125,36 @@ class Cascade:
             image.pixels  # noqa: B018  decoded once (maybe ahead of time), timed on its own
             run.timings_ms["decode"] = round(image.decode_ms or 0.0, 3)
         started = time.perf_counter()
-        signal = run.signals[stage.name] = stage.describe(image)
+        signal = run.signals[stage.name] = self._signal(stage, image)
+        hits = self._search(stage, tenant, image_id, signal)
+        run.timings_ms[stage.name] = _ms_since(started)
+        return self._decide(stage, hits, run)
+
+    @staticmethod
+    def _signal(stage: Stage, image: ImageInput) -> Any:
+        if stage.name not in image.signals:
+            image.signals[stage.name] = stage.describe(image)
+        return image.signals[stage.name]
+
+    def _search(self, stage: Stage, tenant: str, image_id: str, signal: Any) -> list[Hit]:
         index = self.indexes[stage.name].existing(tenant)
         found = index.search(signal, self.search_k + 1) if index is not None else []
-        hits = [hit for hit in found if hit.key != image_id][: self.search_k]  # never itself
-        run.timings_ms[stage.name] = _ms_since(started)
-        run.candidates.extend(self._candidate(stage, hit) for hit in hits)
-        decisive = [hit for hit in hits if stage.is_decisive(hit.distance)]
-        return self._candidate(stage, min(decisive)) if decisive else None
+        return [hit for hit in found if hit.key != image_id][: self.search_k]  # never itself
+
+    def _decide(self, stage: Stage, hits: list[Hit], run: _Run) -> Candidate | None:
+        """The best candidate whose score, combined over the stages run so far, is decisive.
+
+        Hits come closest (then earliest) first, so ties go to the earliest image.
+        """
+        fresh = [self._candidate(stage, hit) for hit in hits]
+        run.candidates.extend(fresh)
+        best = None
+        for candidate in fresh:
+            combined = round(combine_scores([c.score for c in run.candidates
+                                             if c.image_id == candidate.image_id]), 6)
+            if combined >= self.min_score and (best is None or combined > best.score):
+                best = Candidate(candidate.image_id, stage.name, combined, candidate.distance)
+        return best
 
     @staticmethod
     def _candidate(stage: Stage, hit: Hit) -> Candidate:
@@ -119,17 +175,47 @@ class Cascade:
             indexes.load(path / name)
 
 
-def build_cascade(settings: Settings) -> Cascade:
+def build_cascade(settings: Settings,
+                  on_embedding_batch: Callable[[int, float], None] | None = None) -> Cascade:
     """The cascade the settings describe, with any saved indexes loaded."""
-    stages: list[Stage] = [Sha256Stage(),
-                           PHashStage(settings.phash_size, settings.phash_max_distance)]
+    calibrations = load_calibrations(CALIBRATION_FILE)
+    stages: list[Stage] = []
+    model_version = None
+    for name in settings.stages:
+        if name == "sha256":
+            stages.append(Sha256Stage())
+        elif name == "phash":
+            # The shipped calibration was fitted for 64-bit hashes.
+            calibration = calibrations.get("phash") if settings.phash_size == 8 else None
+            stages.append(PHashStage(settings.phash_size, settings.phash_max_distance, calibration,
+                                     settings.phash_near_distance))
+        elif name == "embedding":
+            stage = _embedding_stage(settings, calibrations, on_embedding_batch)
+            model_version = stage.model.version
+            stages.append(stage)
+        else:
+            raise SystemExit(f"dupwatch: unknown stage {name!r} in stages "
+                             "(choose from sha256, phash, embedding)")
     cascade = Cascade(stages, DecodeLimits(settings.max_image_pixels, settings.decode_draft_side),
-                      search_k=settings.search_k, top_k=settings.top_k,
-                      search_threads=settings.search_threads)
+                      min_score=settings.min_score, search_k=settings.search_k, top_k=settings.top_k,
+                      search_threads=settings.search_threads, model_version=model_version)
     state = settings.state_path()
     if state is not None:
         cascade.load(state)
     return cascade
+
+
+def _embedding_stage(settings: Settings, calibrations: dict,
+                     on_batch: Callable[[int, float], None] | None) -> Stage:
+    from dupwatch.detectors.embedding import DEFAULT_WEIGHTS, EmbeddingModel, EmbeddingStage
+
+    if "embedding" not in calibrations:
+        raise SystemExit(f"dupwatch: {CALIBRATION_FILE} has no embedding calibration; "
+                         "run `dupwatch bench quality --write-calibration`")
+    model = EmbeddingModel.load(Path(settings.weights or DEFAULT_WEIGHTS),
+                                settings.embedding_resolution, settings.embedding_device,
+                                settings.embedding_threads)
+    return EmbeddingStage(model, calibrations["embedding"], on_batch)
 
 
 def _best_per_image(candidates: list[Candidate]) -> list[Candidate]:

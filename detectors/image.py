@@ -6,6 +6,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -31,6 +32,8 @@ class ImageInput:
         self.raw = raw
         self.limits = limits
         self.decode_ms: float | None = None
+        # Stage signals computed ahead of the cascade (a batched embedding), by stage name.
+        self.signals: dict[str, Any] = {}
 
     @cached_property
     def pixels(self) -> Image.Image:

@@ -24,7 +24,7 @@ class Stage(Protocol):
     def load_index(self, path: Path) -> Index: ...
 
     def score(self, distance: float) -> float:
-        """Similarity in [0, 1] (1 is identical) for one of this stage's distances."""
+        """Calibrated score in [0, 1]: the measured precision of a match at this distance."""
 
-    def is_decisive(self, distance: float) -> bool:
-        """Whether a candidate this close is a duplicate according to this stage."""
+    def recognises(self, distance: float) -> bool:
+        """Whether a match this close is this stage's kind of copy (decides the label)."""

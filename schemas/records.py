@@ -95,6 +95,7 @@ class Verdict:
     timings_ms: dict[str, float]
     worker: str
     processed_at: str
+    model_version: str | None = None
     submitted_at: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION

@@ -48,7 +48,14 @@ class Processor:
         self._pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="dupwatch-decode")
 
     def handle_batch(self, records: list[InputRecord]) -> list[Verdict | DeadLetter]:
-        return [self._finish(prepared) for prepared in self._pool.map(self._prepare, records)]
+        prepared = list(self._pool.map(self._prepare, records))
+        ready = [(p.event.tenant, p.event.image_id, p.image) for p in prepared
+                 if p.error is None and p.event is not None and p.image is not None]
+        try:
+            self.cascade.prefetch(ready)
+        except Exception:  # only a speed-up: each check recomputes what is missing, and an
+            log.exception("batched prefetch failed")  # image that fails there is dead-lettered
+        return [self._finish(p) for p in prepared]
 
     def handle(self, record: InputRecord) -> Verdict | DeadLetter:
         return self._finish(self._prepare(record))
@@ -80,6 +87,7 @@ class Processor:
                 result = self.cascade.check(event.tenant, event.image_id, image)
                 return result.to_verdict(image_id=event.image_id, tenant=event.tenant,
                                          worker=self.settings.worker_name,
+                                         model_version=self.cascade.model_version,
                                          submitted_at=event.submitted_at, metadata=event.metadata)
             except Rejected as error:
                 prepared.error = error

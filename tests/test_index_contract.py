@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from dupwatch.index import BinaryIndex, ExactIndex, TenantIndexes
+from dupwatch.index import BinaryIndex, ExactIndex, TenantIndexes, VectorIndex
 
 RNG = np.random.default_rng(7)
 
@@ -21,9 +21,15 @@ def _bits(n: int) -> bytes:
     return np.random.default_rng(n).integers(0, 256, 8, dtype=np.uint8).tobytes()
 
 
+def _vector(n: int) -> np.ndarray:
+    vector = np.random.default_rng(n).normal(size=32).astype(np.float32)
+    return vector / np.linalg.norm(vector)
+
+
 KINDS: dict[str, tuple[Callable, Callable, Callable[[int], bytes]]] = {
     "exact": (ExactIndex, ExactIndex.load, _digest),
     "binary": (lambda: BinaryIndex(64), BinaryIndex.load, _bits),
+    "vector": (lambda: VectorIndex(32), VectorIndex.load, _vector),
 }
 
 
@@ -108,3 +114,13 @@ def test_binary_distances_are_true_hamming_distances() -> None:
     assert [h.distance for h in hits] == sorted(expected)[:10]
     for hit in hits:
         assert hit.distance == expected[int(hit.key)]
+
+
+def test_vector_keys_with_several_views_match_at_their_best_view() -> None:
+    index = VectorIndex(32)
+    index.add("two-views", np.stack([_vector(1), _vector(2)]))
+    index.add("one-view", _vector(3))
+    hits = index.search(np.stack([_vector(9), _vector(2)]), 5)
+    assert hits[0].key == "two-views" and hits[0].distance == 0
+    assert [h.key for h in hits].count("two-views") == 1
+    assert len(index) == 2 and index.remove("two-views") and len(index) == 1

