@@ -25,6 +25,7 @@ from dupwatch.detectors.cascade import CALIBRATION_FILE
 from dupwatch.detectors.embedding import DEFAULT_WEIGHTS, EmbeddingModel, EmbeddingStage
 from dupwatch.detectors.image import DecodeLimits, ImageInput
 from dupwatch.detectors.phash import PHashStage
+from dupwatch.index import BinaryIndex
 from dupwatch.model.augment import FAMILIES
 from dupwatch.model.data import list_photos, load_rgb, split
 from dupwatch.settings import Settings
@@ -84,6 +85,7 @@ def run_quality_bench(settings: Settings, photos_dir: str, use_all: bool, out: s
     predictions = {stage.name: _predict(stage, test_half) for stage in (phash, embedding)}
     methods = {
         "phash": _scored(predictions["phash"], lambda d: 1.0 - d / phash.bits),
+        **_pdq_if_installed(test_half),
         "embedding": _scored(predictions["embedding"], lambda d: 1.0 - d),
         "cascade": _combine([
             _scored(predictions["phash"], PHashStage(phash.size, phash.max_distance,
@@ -139,6 +141,30 @@ def _signals(stage, images: list[ImageInput]) -> list:
         return [s for start in range(0, len(images), 64)
                 for s in stage.describe_batch(images[start:start + 64])]
     return [stage.describe(image) for image in images]
+
+
+class _PdqReference:
+    """Meta's PDQ hash (pdqhash package), for comparison only: not a cascade stage."""
+    name = "pdq"
+
+    def __init__(self, pdqhash) -> None:
+        self._pdqhash = pdqhash
+
+    def describe(self, image: ImageInput) -> bytes:
+        bits, _quality = self._pdqhash.compute(np.asarray(image.pixels))
+        return np.packbits(bits.astype(np.uint8)).tobytes()
+
+    def new_index(self) -> BinaryIndex:
+        return BinaryIndex(256)
+
+
+def _pdq_if_installed(half: Half) -> dict[str, Scored]:
+    try:
+        import pdqhash
+    except ImportError:
+        say("pdqhash is not installed (pip install 'dupwatch[bench]'): no PDQ column")
+        return {}
+    return {"pdq": _scored(_predict(_PdqReference(pdqhash), half), lambda d: 1.0 - d / 256)}
 
 
 def _fit(predictions: Predictions, half: Half) -> Calibration:

@@ -20,7 +20,7 @@ from dupwatch.bench.report import machine, percentiles_ms, write_results
 from dupwatch.detectors import build_cascade
 from dupwatch.schemas import ImageEvent, utc_now
 from dupwatch.settings import Settings
-from dupwatch.streams.broker import EmbeddedBroker
+from dupwatch.streams.broker import EmbeddedBroker, free_port
 from dupwatch.streams.follow import TopicReader
 from dupwatch.streams.kafka import ensure_topics
 from dupwatch.streams.publish import Publisher
@@ -71,7 +71,7 @@ def _through_broker(settings: Settings, payloads: list[bytes]) -> tuple[dict, di
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as scratch:
         settings = settings.replace(bootstrap_servers=broker.bootstrap_servers, state_dir="",
                                     group_id="dupwatch-bench", rebalance_timeout_s=6.0,
-                                    session_timeout_s=6.0)
+                                    session_timeout_s=6.0, web_port=free_port())
         ensure_topics(settings)
         publisher = Publisher(settings)
         with TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:

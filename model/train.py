@@ -47,6 +47,7 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> Path:
         raise SystemExit(f"dupwatch train: need at least 2 training photos in {config.photos}")
     images = [load_rgb(p.path, config.max_side) for p in photos]
     log(f"{len(images)} training photos ({len(held_out)} held out, never loaded) on {device}")
+    _write_data_card(out, photos, len(held_out))
 
     torch.manual_seed(config.seed)
     encoder = Encoder().to(device)
@@ -109,6 +110,17 @@ def _report(log, step: int, total: int, loss: float, started: float, batch: int)
     elapsed = time.monotonic() - started
     rate = step * batch * 2 / elapsed if elapsed else 0.0
     log(f"step {step}/{total}  loss {loss:.3f}  {rate:.0f} views/s  {elapsed / 60:.1f} min")
+
+
+def _write_data_card(out: Path, photos: list, held_out: int) -> None:
+    """Which photos trained the model, by source package (from the gather manifest)."""
+    sources: dict[str, int] = {}
+    for photo in photos:
+        package = photo.path.name.split("__")[0] if "__" in photo.path.name else "(other)"
+        sources[package] = sources.get(package, 0) + 1
+    (out / "data.json").write_text(json.dumps(
+        {"training_photos": len(photos), "held_out_photos": held_out,
+         "by_source": dict(sorted(sources.items(), key=lambda kv: -kv[1]))}, indent=2) + "\n")
 
 
 def export_weights(encoder: Encoder, out: Path, config: TrainConfig, seconds: float) -> Path:

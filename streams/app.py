@@ -1,23 +1,37 @@
 """The Faust app: input topic -> cascade (in batches, off the event loop) -> verdict topic.
 
 Bad input goes to the dead-letter topic. Offsets are committed only after a batch's verdicts
-and dead letters are acknowledged by the broker (at-least-once).
+and dead letters are acknowledged by the broker (at-least-once). With ``web_enabled`` the
+worker serves ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz`` (see streams/health.py)
+on ``web_port``.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterable
 
 import faust
+from aiokafka.errors import IllegalStateError
+from faust.types import TP
+from faust.web import Request, Response, View
 
 from dupwatch.detectors import build_cascade
 from dupwatch.schemas import DeadLetter, Verdict
 from dupwatch.settings import Settings
+from dupwatch.streams import metrics
+from dupwatch.streams.health import PartitionProgress, readiness
 from dupwatch.streams.kafka import ensure_topics, faust_credentials, max_message_bytes
 from dupwatch.streams.processor import InputRecord, Processor
 
 log = logging.getLogger(__name__)
+
+# How often the lag and index-size gauges are refreshed: alerts look at minutes, not seconds,
+# and counting every tenant's index after each batch would cost the hot path.
+GAUGE_REFRESH_S = 5.0
 
 
 def create_app(settings: Settings, processor: Processor,
@@ -41,6 +55,15 @@ def create_app(settings: Settings, processor: Processor,
         web_port=settings.web_port,
         web_bind="0.0.0.0",
     )
+    progress = PartitionProgress(settings.input_topic)
+    _add_agent(app, settings, processor, executor, progress)
+    _add_gauge_refresh(app, processor, executor, progress)
+    _add_probes(app)
+    return app
+
+
+def _add_agent(app: faust.App, settings: Settings, processor: Processor,
+               executor: ThreadPoolExecutor, progress: PartitionProgress) -> None:
     images = app.topic(settings.input_topic, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
     verdicts = app.topic(settings.verdict_topic, key_serializer="raw", value_serializer="raw")
@@ -53,15 +76,74 @@ def create_app(settings: Settings, processor: Processor,
         async for events in stream.take_events(settings.batch_size,
                                                within=settings.batch_timeout_ms / 1000):
             records = [_record(event) for event in events]
+            metrics.count_consumed(len(records))
             # The cascade is CPU work: run it on its own thread so heartbeats keep flowing.
             outcomes = await loop.run_in_executor(executor, processor.handle_batch, records)
             sent = []
-            for record, outcome in zip(records, outcomes):
+            for record, outcome in zip(records, outcomes, strict=True):
                 topic = verdicts if isinstance(outcome, Verdict) else dead_letters
                 sent.append(await topic.send(key=_key(record, outcome), value=outcome.to_json()))
             await asyncio.gather(*sent)  # delivered before take_events acks the batch
+            metrics.observe_outcomes(outcomes, time.time())
+            progress.processed(records)
 
-    return app
+
+def _add_gauge_refresh(app: faust.App, processor: Processor, executor: ThreadPoolExecutor,
+                       progress: PartitionProgress) -> None:
+    @app.on_partitions_revoked.connect
+    async def forget(app: faust.App, revoked: set[TP], **kwargs: Any) -> None:
+        progress.revoked(tp.partition for tp in revoked if tp.topic == progress.topic)
+
+    @app.timer(interval=GAUGE_REFRESH_S)
+    async def refresh_gauges() -> None:
+        try:
+            assigned = [tp for tp in app.consumer.assignment() if tp.topic == progress.topic]
+            metrics.set_consumer_lag(progress.topic, await _lag(app, progress, assigned))
+            # Counted on the cascade's own thread, between batches: no check changes the
+            # indexes while they are counted.
+            loop = asyncio.get_running_loop()
+            metrics.set_index_sizes(await loop.run_in_executor(executor, processor.cascade.size))
+        except Exception:  # an exception would end the timer for good; the next tick retries
+            log.warning("could not refresh the lag and index-size gauges", exc_info=True)
+
+
+async def _lag(app: faust.App, progress: PartitionProgress,
+               assigned: Iterable[TP]) -> dict[int, int]:
+    """Broker end offset minus the next offset to process, for each assigned partition.
+
+    Before this worker has processed a partition's first record it uses the consumer's
+    position, which runs ahead by whatever is fetched but not yet processed.
+    """
+    lag = {}
+    for tp in assigned:
+        end = app.consumer.highwater(tp)  # from the latest fetch; None before the first
+        start = progress.next_offsets.get(tp.partition)
+        if start is None:
+            try:
+                start = await app.consumer.position(tp)
+            except IllegalStateError:  # revoked since assignment() was read; next time is right
+                continue
+        if end is not None and start is not None:
+            lag[tp.partition] = max(0, end - start)
+    return lag
+
+
+def _add_probes(app: faust.App) -> None:
+    @app.page("/metrics")
+    async def prometheus_metrics(web: View, request: Request) -> Response:
+        body, content_type = metrics.exposition()
+        return web.bytes(body, headers={"Content-Type": content_type})
+
+    @app.page("/healthz")
+    async def healthz(web: View, request: Request) -> Response:
+        return web.json({"status": "alive"})
+
+    @app.page("/readyz")
+    async def readyz(web: View, request: Request) -> Response:
+        checks = readiness(app)
+        ready = all(checks.values())
+        return web.json({"status": "ready" if ready else "not ready", "checks": checks},
+                        status=200 if ready else 503)
 
 
 def _record(event: faust.EventT) -> InputRecord:
@@ -78,9 +160,17 @@ def _key(record: InputRecord, outcome: Verdict | DeadLetter) -> bytes | None:
 
 
 def run_worker(settings: Settings) -> None:
-    """Run one worker until SIGTERM/SIGINT; save the indexes on the way out if configured."""
+    """Run one worker until SIGTERM/SIGINT; save the indexes on the way out if configured.
+
+    The cascade (and so any model and index snapshot) is loaded before the web server
+    starts: a worker that answers its probes has it.
+    """
+    if settings.web_enabled:
+        _check_web_port(settings.web_port)
     ensure_topics(settings)
-    cascade = build_cascade(settings)
+    cascade = build_cascade(settings, on_embedding_batch=metrics.observe_embedding_batch)
+    if cascade.model_version:
+        metrics.set_model_version(cascade.model_version)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dupwatch-cascade")
     app = create_app(settings, Processor(settings, cascade), executor)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
@@ -92,3 +182,16 @@ def run_worker(settings: Settings) -> None:
         if state is not None:
             cascade.save(state)
             log.warning("saved index snapshot to %s", state)
+
+
+def _check_web_port(port: int) -> None:
+    """Fail with a plain message, not Faust's traceback, when another process has the port."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds it
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError as exc:
+            raise SystemExit(
+                f"dupwatch: web port {port} is not free ({exc.strerror}): another worker may be "
+                "using it. Give this one --web-port N (DUPWATCH_WEB_PORT), or --web-enabled "
+                "false to run without metrics and probes.") from None

@@ -43,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
              "Consume image events, run the cascade, publish verdicts (runs until stopped).",
              "Creates the input, verdict and dead-letter topics if needed, joins the consumer "
              "group and processes events until SIGTERM or Ctrl-C. Invalid events go to the "
-             "dead-letter topic with a reason; the worker keeps running.")
+             "dead-letter topic with a reason; the worker keeps running. It serves Prometheus "
+             "metrics at /metrics and health probes at /healthz (alive) and /readyz (consuming) "
+             "on --web-port.")
 
     publish = _command(commands, "publish", _publish, ["kafka", "topics", "limits"],
                        "Send image files to the input topic as image events.",
@@ -79,6 +81,32 @@ def _parser() -> argparse.ArgumentParser:
     scan.add_argument("paths", nargs="+", metavar="PATH", help="image files or directories")
     scan.add_argument("--tenant", default="default", help="tenant written into the verdicts")
 
+    report = _command(commands, "report", _report, ["kafka"],
+                      "Write an HTML page of the duplicate pairs for people to review.",
+                      "Verdicts come from a JSON-lines file (what `dupwatch scan` or `dupwatch "
+                      "verdicts --format jsonl` print) or, when no such file exists, from the "
+                      "topic of that name, read from its beginning until --idle-timeout passes "
+                      "without a new record. Each duplicate is shown beside the image it matched "
+                      "with its verdict, stage and score, grouped under the first image of its "
+                      "chain. Thumbnails come from --images and are embedded, so the page is one "
+                      "file that needs no server. It filters by verdict and stage and shows "
+                      "--page-size groups at a time.")
+    report.add_argument("--verdicts", required=True, metavar="FILE_OR_TOPIC",
+                        help="JSON-lines file of verdicts, or the name of a verdict topic")
+    report.add_argument("--images", nargs="+", default=[], metavar="PATH",
+                        help="the files or directories the images were scanned or published "
+                             "from, given the same way (ids must match)")
+    report.add_argument("--out", default="report.html", metavar="FILE",
+                        help="where to write the page")
+    report.add_argument("--page-size", type=int, default=25, metavar="N",
+                        help="duplicate groups per page")
+    report.add_argument("--thumb-size", type=int, default=160, metavar="PX",
+                        help="longest side of the embedded thumbnails, in pixels")
+    report.add_argument("--idle-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="reading a topic: stop after this long without a new verdict")
+    report.add_argument("--max", type=int, default=None, metavar="N",
+                        help="reading a topic: stop after N records")
+
     bench = commands.add_parser("bench", help="Measure speed (results as JSON and a table).",
                                 description="Benchmarks. Results go to --out as JSON and to "
                                             "stdout as a table.")
@@ -94,6 +122,48 @@ def _parser() -> argparse.ArgumentParser:
                             help="events per measurement (photos are reused with unique bytes)")
     throughput.add_argument("--out", default="bench-throughput.json", metavar="FILE",
                             help="where to write the JSON results")
+    quality = _command(benches, "quality", _bench_quality, ["detection", "limits"],
+                       "Detection quality per transform on held-out real photos.",
+                       "Builds references, transformed copies (18 families: crops, rotations, "
+                       "flips, colour, overlays, screenshots, ...), negative queries and "
+                       "distractors from held-out photos with fixed seeds; reports micro-AP, "
+                       "recall at precision 0.99 and recall per family for pHash, the embedding "
+                       "and the calibrated cascade.")
+    quality.add_argument("--photos", required=True, metavar="DIR",
+                         help="photo folder, e.g. one made by shared/gather_training_photos.sh; "
+                              "only its held-out photos are used (see --all)")
+    quality.add_argument("--all", action="store_true",
+                         help="use every photo in --photos (a folder reserved for evaluation)")
+    quality.add_argument("--write-calibration", action="store_true",
+                         help="also refit the stages' score calibration (model/calibration.json)")
+    quality.add_argument("--out", default="bench-quality.json", metavar="FILE",
+                         help="where to write the JSON results")
+    embedding = _command(benches, "embedding", _bench_embedding, ["detection"],
+                         "Embedding speed: images/s at several batch sizes.",
+                         "Times the encoder's forward pass (and the stage, with its extra "
+                         "content-region views) on the bundled photos, CPU or CUDA.")
+    embedding.add_argument("--batch-sizes", default="1,16,32,64", metavar="N,N",
+                           help="batch sizes to time")
+    embedding.add_argument("--images", type=int, default=256, metavar="N",
+                           help="images per measurement")
+    embedding.add_argument("--out", default="bench-embedding.json", metavar="FILE",
+                           help="where to write the JSON results")
+
+    train = _command(commands, "train", _train, [],
+                     "Train the siamese encoder on a folder of real photos.",
+                     "Metric learning (InfoNCE over pairs of augmented views, in-batch "
+                     "negatives) from the ImageNet Lite0 initialisation. Seeded; checkpoints "
+                     "every 100 steps into --out and resumes from there; uses CUDA when "
+                     "present. Writes encoder.pt, its SHA-256 and training.json.")
+    train.add_argument("--photos", required=True, metavar="DIR",
+                       help="photo folder (its held-out split is never loaded)")
+    train.add_argument("--out", required=True, metavar="DIR", help="checkpoint and weights folder")
+    train.add_argument("--steps", type=int, default=900)
+    train.add_argument("--batch", type=int, default=48, help="photos per step (two views each)")
+    train.add_argument("--resolution", type=int, default=160)
+    train.add_argument("--seed", type=int, default=1)
+    train.add_argument("--init", choices=["imagenet-lite0", "scratch"], default="imagenet-lite0")
+    train.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     return parser
 
 
@@ -118,15 +188,17 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
 def _publish(settings: Settings, args: argparse.Namespace) -> int:
     from dupwatch.streams.kafka import ensure_topics
+    from dupwatch.streams.progress import Progress, wanted
     from dupwatch.streams.publish import Publisher, file_events
     from dupwatch.streams.sources import image_files
 
     files = image_files(args.paths)
     ensure_topics(settings)
     publisher = Publisher(settings)
-    for count, event in enumerate(file_events(files, args.tenant, args.as_uri), start=1):
-        publisher.publish(event)
-        _progress(count, len(files), "published")
+    with Progress(len(files), "published", enabled=wanted()) as bar:
+        for event in file_events(files, args.tenant, args.as_uri):
+            publisher.publish(event)
+            bar.advance()
     publisher.close()
     print(f"published {len(files)} images to {settings.input_topic}", file=sys.stderr)
     return 0
@@ -151,6 +223,7 @@ def _scan(settings: Settings, args: argparse.Namespace) -> int:
     from dupwatch.detectors import build_cascade
     from dupwatch.schemas import DeadLetter
     from dupwatch.streams.processor import InputRecord, Processor
+    from dupwatch.streams.progress import Progress, wanted
     from dupwatch.streams.publish import file_events
     from dupwatch.streams.render import print_jsonl
     from dupwatch.streams.sources import image_files
@@ -158,23 +231,45 @@ def _scan(settings: Settings, args: argparse.Namespace) -> int:
     files = image_files(args.paths)
     processor = Processor(settings.replace(worker_name="scan"), build_cascade(settings))
     outcomes: Counter[str] = Counter()
-    for count, event in enumerate(file_events(files, args.tenant), start=1):
-        outcome = processor.handle(InputRecord(value=event.to_json(), key=event.key))
-        outcomes["rejected" if isinstance(outcome, DeadLetter) else outcome.verdict.value] += 1
-        print_jsonl(outcome.to_dict(), sys.stdout)
-        _progress(count, len(files), "scanned")
+    with Progress(len(files), "scanned", enabled=wanted(json_stdout=True)) as bar:
+        for event in file_events(files, args.tenant):
+            outcome = processor.handle(InputRecord(value=event.to_json(), key=event.key))
+            outcomes["rejected" if isinstance(outcome, DeadLetter) else outcome.verdict.value] += 1
+            print_jsonl(outcome.to_dict(), sys.stdout)
+            bar.advance()
     summary = ", ".join(f"{n} {label}" for label, n in sorted(outcomes.items()))
     print(f"scanned {len(files)} images: {summary or 'none'}", file=sys.stderr)
     return 1 if outcomes["rejected"] else 0
 
 
+def _report(settings: Settings, args: argparse.Namespace) -> int:
+    from dupwatch.streams.report import write_report
+    return write_report(settings, args.verdicts, args.images, args.out,
+                        page_size=args.page_size, thumb_side=args.thumb_size,
+                        idle_timeout_s=args.idle_timeout, max_records=args.max)
+
+
+def _bench_quality(settings: Settings, args: argparse.Namespace) -> int:
+    from dupwatch.bench.quality import run_quality_bench
+    return run_quality_bench(settings, args.photos, args.all, args.out, args.write_calibration)
+
+
+def _bench_embedding(settings: Settings, args: argparse.Namespace) -> int:
+    from dupwatch.bench.embedding import run_embedding_bench
+    sizes = [int(size) for size in args.batch_sizes.split(",")]
+    return run_embedding_bench(settings, sizes, args.images, args.out)
+
+
+def _train(settings: Settings, args: argparse.Namespace) -> int:
+    from dupwatch.model.train import TrainConfig, train
+    config = TrainConfig(photos=args.photos, out=args.out, steps=args.steps, batch=args.batch,
+                         resolution=args.resolution, seed=args.seed, init=args.init)
+    weights = train(config, resume=not args.no_resume,
+                    log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(f"weights written to {weights}", file=sys.stderr)
+    return 0
+
+
 def _bench_throughput(settings: Settings, args: argparse.Namespace) -> int:
     from dupwatch.bench.throughput import run_throughput_bench
     return run_throughput_bench(settings, args.images, args.count, args.out)
-
-
-def _progress(done: int, total: int, verb: str) -> None:
-    """A one-line counter on a terminal; silent when stderr is a file or pipe."""
-    if sys.stderr.isatty():
-        end = "\n" if done == total else ""
-        print(f"\r{verb} {done}/{total}", end=end, file=sys.stderr, flush=True)

@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from dupwatch.settings import Settings
-from dupwatch.streams.broker import EmbeddedBroker
+from dupwatch.streams.broker import EmbeddedBroker, free_port
 from dupwatch.streams.follow import TopicReader
 from dupwatch.streams.kafka import ensure_topics
 from dupwatch.streams.publish import Publisher, file_events
@@ -24,9 +24,10 @@ def run_demo(settings: Settings) -> int:
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as scratch:
         settings = settings.replace(bootstrap_servers=broker.bootstrap_servers,
                                     group_id="dupwatch-demo", rebalance_timeout_s=6.0,
-                                    session_timeout_s=6.0)
+                                    session_timeout_s=6.0, web_port=free_port())
         say(f"embedded broker on {broker.bootstrap_servers}; starting a worker "
-            f"(log: {Path(scratch) / 'worker.log'})")
+            f"(log: {Path(scratch) / 'worker.log'}, "
+            f"metrics: http://127.0.0.1:{settings.web_port}/metrics)")
         ensure_topics(settings)
         with WorkerProcess(settings, Path(scratch) / "worker.log"), \
                 TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:

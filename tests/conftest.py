@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import pytest
 
 from dupwatch.settings import Settings
-from dupwatch.streams.broker import EmbeddedBroker
+from dupwatch.streams.broker import EmbeddedBroker, free_port
 from dupwatch.streams.samples import Sample, load_samples
 from dupwatch.streams.worker_process import WorkerProcess
 
@@ -61,6 +61,8 @@ def worker_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[C
     workers: list[WorkerProcess] = []
 
     def start(settings: Settings, name: str = "worker") -> WorkerProcess:
+        # Each worker its own web port, so several can run side by side (worker.settings has it).
+        settings = settings.replace(web_port=free_port())
         worker = WorkerProcess(settings, tmp_path / f"{name}.log").start()
         workers.append(worker)
         return worker

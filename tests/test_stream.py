@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -13,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from dupwatch.detectors import build_cascade
+from dupwatch.model import augment
 from dupwatch.schemas import ImageEvent, validate
 from dupwatch.settings import Settings
 from dupwatch.streams.follow import TopicReader
@@ -45,6 +49,21 @@ def _bad_events() -> list[tuple[str, bytes]]:
         ("fetch_failed", event("bad-uri", uri="file:///etc/passwd")),
         ("unsupported_format", event("bad-svg", data=b64(b"<svg xmlns='http://www.w3.org/2000/svg'/>"))),
     ]
+
+
+def _heavy_edits(sample: Sample, expected: dict) -> list[ImageEvent]:
+    """Rotated, cropped and overlaid copies: only the embedding stage can find these."""
+    photo = Image.open(sample.file.path).convert("RGB")
+    rng = random.Random(11)
+    edits = {"rotated": augment.rotate90(photo, rng), "cropped": augment.crop(photo, rng),
+             "overlaid": augment.sticker(augment.text(photo, rng), rng)}
+    events = []
+    for name, image in edits.items():
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=85)
+        events.append(ImageEvent(image_id=f"{name}.jpg", tenant="shop", data=buffer.getvalue()))
+        expected[f"shop/{name}.jpg"] = ("variant", sample.file.path.name)
+    return events
 
 
 def _by_name(sample: Sample) -> ImageFile:
@@ -95,8 +114,9 @@ def stream_run(bootstrap_servers: str, tmp_path_factory, samples) -> StreamRun:
         copies = list(file_events([_by_name(s) for s in second], "shop"))
         uri_event = ImageEvent(image_id="via-uri.jpg", tenant="shop", uri=(uploads / "via-uri.jpg").as_uri())
         other_tenant = next(file_events([_by_name(first[0])], "other"))
+        edited = _heavy_edits(first[1], expected)
         publisher = Publisher(settings)
-        wave = copies + [uri_event, other_tenant]
+        wave = copies + [uri_event, other_tenant] + edited
         bad = _bad_events()
         for number, event in enumerate(wave):
             publisher.publish(event)
@@ -137,11 +157,18 @@ def test_bad_events_land_in_the_dead_letter_topic_with_their_reason(stream_run: 
 def test_scan_and_stream_give_identical_verdicts(stream_run: StreamRun) -> None:
     settings = stream_run.settings
     processor = Processor(settings, build_cascade(settings.replace(state_dir="")))
-    fields = ("verdict", "match_id", "stage", "score", "distance")
+    fields = ("verdict", "match_id", "stage", "model_version")
     for event in stream_run.good:
         scanned = processor.handle(InputRecord(event.to_json())).to_dict()
         streamed = stream_run.verdicts[f"{event.tenant}/{event.image_id}"]
         assert {f: scanned[f] for f in fields} == {f: streamed[f] for f in fields}, event.image_id
+        # the worker embeds a batch in one pass, scan one image at a time: the same numbers
+        # up to float rounding
+        for number in ("score", "distance"):
+            if streamed[number] is None:
+                assert scanned[number] is None, event.image_id
+            else:
+                assert scanned[number] == pytest.approx(streamed[number], abs=1e-4), event.image_id
 
 
 def test_the_verdicts_command_prints_them_as_json_lines(stream_run: StreamRun) -> None:

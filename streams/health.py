@@ -1,0 +1,51 @@
+"""What a worker's probes report, and how far behind its input partitions it is.
+
+``/healthz``: the process is up and its event loop answers (Kubernetes' liveness probe).
+``/readyz``: the worker is consuming. It builds its cascade (decode limits, stages, any
+embedding model, index snapshots) before its web server starts, so a worker that answers has
+loaded them; what is left to wait for is the consumer group: joined at least once and not in
+the middle of a rebalance. A worker with no partitions (more workers than partitions) is
+ready: it is a standby. "Shards caught up" joins the checks when the index is sharded
+(issue 4).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol
+
+from dupwatch.streams.processor import InputRecord
+
+
+class GroupMember(Protocol):
+    """The part of a Faust app that says where its consumer group stands."""
+    rebalancing: bool
+    rebalancing_count: int
+
+
+def readiness(app: GroupMember) -> dict[str, bool]:
+    """Each readiness condition and whether it holds; ready when all do."""
+    return {"joined_consumer_group": app.rebalancing_count > 0,
+            "not_rebalancing": not app.rebalancing}
+
+
+@dataclass
+class PartitionProgress:
+    """The next offset to process in each input partition, as far as this worker has got.
+
+    Offsets are dropped when partitions are revoked: another worker may take them further,
+    and a stale offset would overstate the lag if they come back.
+    """
+    topic: str
+    next_offsets: dict[int, int] = field(default_factory=dict)
+
+    def processed(self, records: Iterable[InputRecord]) -> None:
+        for record in records:
+            if record.topic == self.topic and record.partition is not None \
+                    and record.offset is not None:
+                done = record.offset + 1
+                self.next_offsets[record.partition] = max(
+                    done, self.next_offsets.get(record.partition, done))
+
+    def revoked(self, partitions: Iterable[int]) -> None:
+        for partition in partitions:
+            self.next_offsets.pop(partition, None)
