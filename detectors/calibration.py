@@ -8,6 +8,7 @@ when several stages point at the same earlier image, their scores combine (``com
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,16 +32,20 @@ class Calibration:
         return cls((0.0, float(max_distance)), (1.0, 0.0))
 
     @classmethod
-    def fit(cls, distances: list[float], correct: list[bool], knots: int = 64) -> "Calibration":
-        """Isotonic (non-increasing) precision over distance, kept to at most ``knots`` points."""
+    def fit(cls, distances: list[float], correct: list[bool]) -> "Calibration":
+        """Isotonic (non-increasing) precision over distance.
+
+        Kept as the first and last distance of each constant step of the fit, so the curve
+        keeps its full resolution where precision falls and np.interp joins the steps.
+        """
         order = np.argsort(distances, kind="stable")
         x = np.asarray(distances, dtype=float)[order]
         y = _pool_adjacent_violators(np.asarray(correct, dtype=float)[order])
-        keep = np.unique(np.linspace(0, len(x) - 1, min(knots, len(x))).astype(int))
-        xs, ys = x[keep], y[keep]
-        xs, first = np.unique(xs, return_index=True)  # np.interp needs distinct x
+        step_edges = np.flatnonzero(np.diff(y)) if len(y) > 1 else np.array([], dtype=int)
+        keep = np.unique(np.concatenate([[0, len(x) - 1], step_edges, step_edges + 1]))
+        xs, first = np.unique(x[keep], return_index=True)  # np.interp needs distinct x
         return cls(tuple(round(float(v), 6) for v in xs),
-                   tuple(round(float(v), 6) for v in ys[first]))
+                   tuple(round(float(v), 6) for v in y[keep][first]))
 
 
 def combine_scores(scores: list[float]) -> float:
@@ -50,7 +55,7 @@ def combine_scores(scores: list[float]) -> float:
     stages err on different images (a hash is fooled by look-alike photos, the embedding by
     look-alike content), so the chance that all of them are wrong is the product of theirs.
     """
-    return 1.0 - float(np.prod([1.0 - score for score in scores]))
+    return 1.0 - math.prod(1.0 - score for score in scores)
 
 
 def _pool_adjacent_violators(values: np.ndarray) -> np.ndarray:

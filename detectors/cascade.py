@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 from dupwatch.detectors.calibration import combine_scores, load_calibrations
 from dupwatch.detectors.image import DecodeLimits, ImageInput
@@ -69,22 +69,37 @@ class Cascade:
     def image(self, raw: bytes) -> ImageInput:
         return ImageInput(raw, self.limits)
 
-    def prefetch(self, batch: list[tuple[str, str, ImageInput]]) -> None:
+    @property
+    def batches(self) -> bool:
+        """Whether a stage describes whole batches at once (so ``prefetch`` pays off)."""
+        return any(getattr(stage, "batched", False) for stage in self.stages)
+
+    def prefetch(self, batch: Iterable[tuple[str, str, ImageInput]]) -> None:
         """Compute batched stages' signals for a whole batch in one go (one forward pass).
 
         Only for images the cheaper stages do not already settle against the indexes as they
         are now; ``check`` reuses these signals and computes any that are missing, so the
-        verdicts are the same as one by one.
+        verdicts are the same as one by one. ``batch`` is consumed lazily: the cheap stages
+        run on each image as soon as it arrives (while later ones are still being decoded).
         """
-        pending = [(tenant, image_id, image, _Run()) for tenant, image_id, image in batch]
+        pending: Iterable[tuple[str, str, ImageInput, _Run]] = (
+            (tenant, image_id, image, _Run()) for tenant, image_id, image in batch)
         for stage in self.stages:
-            if getattr(stage, "batched", False) and pending:
+            if getattr(stage, "batched", False):
+                pending = list(pending)
                 images = [image for _, _, image, _ in pending]
-                for image, signal in zip(images, stage.describe_batch(images)):
+                for image, signal in zip(images, stage.describe_batch(images) if images else []):
                     image.signals[stage.name] = signal
-            pending = [(tenant, image_id, image, run) for tenant, image_id, image, run in pending
-                       if self._decide(stage, self._search(stage, tenant, image_id,
-                                                           self._signal(stage, image)), run) is None]
+            pending = self._unsettled(stage, pending)
+        for _ in pending:  # run the stages after the last batched one too
+            pass
+
+    def _unsettled(self, stage: Stage, items: Iterable[tuple[str, str, ImageInput, _Run]]
+                   ) -> Iterator[tuple[str, str, ImageInput, _Run]]:
+        for tenant, image_id, image, run in items:
+            hits = self._search(stage, tenant, image_id, self._signal(stage, image))
+            if self._decide(stage, hits, run) is None:
+                yield tenant, image_id, image, run
 
     def check(self, tenant: str, image_id: str, image: ImageInput, *,
               index: bool = True) -> CascadeResult:

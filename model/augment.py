@@ -186,8 +186,12 @@ def combo(image: Image.Image, rng: random.Random) -> Image.Image:
 FAMILIES: dict[str, Transform] = {**SINGLE, "combo": combo}
 
 
-def training_view(image: Image.Image, rng: random.Random) -> Image.Image:
-    """A positive view for training: 1-3 edits, any family, sometimes none."""
+def training_view(image: Image.Image, rng: random.Random,
+                  focus: tuple[str, ...] = ()) -> Image.Image:
+    """A positive view for training: 1-3 edits, any family, sometimes none; with ``focus``,
+    half of the views start with one of those families (the ones the model finds hardest)."""
+    if focus and rng.random() < 0.5:
+        image = FAMILIES[rng.choice(sorted(focus))](image, rng)
     for _ in range(rng.choice([0, 1, 1, 2, 2, 3])):
         image = FAMILIES[rng.choice(sorted(SINGLE))](image, rng)
     return image

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dupwatch.model.augment import training_view
+from dupwatch.model.augment import FAMILIES, training_view
 from dupwatch.model.data import list_photos, load_rgb, split
 from dupwatch.model.encoder import Encoder, as_batch, load_imagenet_lite0
 
@@ -35,10 +35,15 @@ class TrainConfig:
     seed: int = 1
     init: str = "imagenet-lite0"      # or "scratch"
     checkpoint_every: int = 100
+    focus: tuple[str, ...] = ()       # families to over-sample (see augment.training_view)
     max_side: int = 320               # photos are kept this small in memory
 
 
 def train(config: TrainConfig, resume: bool = False, log=print) -> Path:
+    unknown = set(config.focus) - set(FAMILIES)
+    if unknown:
+        raise SystemExit(f"dupwatch train: unknown families {sorted(unknown)} "
+                         f"(choose from {', '.join(sorted(FAMILIES))})")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -68,11 +73,11 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> Path:
         log(f"resumed at step {step}")
 
     batch = min(config.batch, len(images))
-    started = time.monotonic()
+    started, first_step = time.monotonic(), step
     encoder.train()
     while step < config.steps:
         chosen = rng.sample(range(len(images)), batch)
-        views = [training_view(images[i], rng) for i in chosen for _ in range(2)]
+        views = [training_view(images[i], rng, config.focus) for i in chosen for _ in range(2)]
         pixels = as_batch(views, config.resolution).to(device)
         loss = info_nce(encoder(pixels), config.temperature)
         for group in optimizer.param_groups:
@@ -81,7 +86,7 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> Path:
         loss.backward()
         optimizer.step()
         step += 1
-        _report(log, step, config.steps, loss.item(), started, batch)
+        _report(log, step, config.steps, loss.item(), started, (step - first_step) * batch * 2)
         if step % config.checkpoint_every == 0 or step == config.steps:
             torch.save({"encoder": encoder.state_dict(), "optimizer": optimizer.state_dict(),
                         "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
@@ -104,11 +109,12 @@ def _learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr * 0.5 * (1 + torch.cos(torch.tensor(progress * torch.pi)).item())
 
 
-def _report(log, step: int, total: int, loss: float, started: float, batch: int) -> None:
+def _report(log, step: int, total: int, loss: float, started: float, views: int) -> None:
+    """A progress line every 10 steps (views/s counts this run, not a resumed one's past)."""
     if step % 10 and step != total:
         return
     elapsed = time.monotonic() - started
-    rate = step * batch * 2 / elapsed if elapsed else 0.0
+    rate = views / elapsed if elapsed else 0.0
     log(f"step {step}/{total}  loss {loss:.3f}  {rate:.0f} views/s  {elapsed / 60:.1f} min")
 
 

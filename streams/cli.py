@@ -163,6 +163,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resolution", type=int, default=160)
     train.add_argument("--seed", type=int, default=1)
     train.add_argument("--init", choices=["imagenet-lite0", "scratch"], default="imagenet-lite0")
+    train.add_argument("--focus", default="", metavar="FAMILY,FAMILY",
+                       help="edit families to over-sample, e.g. rotate90,crop,combo "
+                            "(to continue a run on what it finds hardest: raise --steps)")
     train.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     return parser
 
@@ -263,7 +266,8 @@ def _bench_embedding(settings: Settings, args: argparse.Namespace) -> int:
 def _train(settings: Settings, args: argparse.Namespace) -> int:
     from dupwatch.model.train import TrainConfig, train
     config = TrainConfig(photos=args.photos, out=args.out, steps=args.steps, batch=args.batch,
-                         resolution=args.resolution, seed=args.seed, init=args.init)
+                         resolution=args.resolution, seed=args.seed, init=args.init,
+                         focus=tuple(f for f in args.focus.split(",") if f))
     weights = train(config, resume=not args.no_resume,
                     log=lambda line: print(line, file=sys.stderr, flush=True))
     print(f"weights written to {weights}", file=sys.stderr)

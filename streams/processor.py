@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Iterable, Iterator
 
 from dupwatch.detectors import Cascade, ImageInput
 from dupwatch.schemas import (
@@ -48,14 +49,30 @@ class Processor:
         self._pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="dupwatch-decode")
 
     def handle_batch(self, records: list[InputRecord]) -> list[Verdict | DeadLetter]:
-        prepared = list(self._pool.map(self._prepare, records))
-        ready = [(p.event.tenant, p.event.image_id, p.image) for p in prepared
-                 if p.error is None and p.event is not None and p.image is not None]
+        # map() yields in order as decodes finish, so checking overlaps with decoding.
+        prepared: Iterable[_Prepared] = self._pool.map(self._prepare, records)
+        if self.cascade.batches:
+            prepared = self._prefetched(prepared)
+        return [self._finish(p) for p in prepared]
+
+    def _prefetched(self, prepared: Iterable[_Prepared]) -> list[_Prepared]:
+        """Let the cascade describe the batch ahead (one forward pass for the embedding)."""
+        seen: list[_Prepared] = []
+
+        def ready() -> Iterator[tuple[str, str, ImageInput]]:
+            for item in prepared:
+                seen.append(item)
+                if item.error is None and item.event is not None and item.image is not None:
+                    yield item.event.tenant, item.event.image_id, item.image
+
+        images = ready()
         try:
-            self.cascade.prefetch(ready)
+            self.cascade.prefetch(images)
         except Exception:  # only a speed-up: each check recomputes what is missing, and an
             log.exception("batched prefetch failed")  # image that fails there is dead-lettered
-        return [self._finish(p) for p in prepared]
+        for _ in images:  # whatever prefetch left unread
+            pass
+        return seen
 
     def handle(self, record: InputRecord) -> Verdict | DeadLetter:
         return self._finish(self._prepare(record))
