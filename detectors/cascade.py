@@ -88,8 +88,12 @@ class Cascade:
             if getattr(stage, "batched", False):
                 pending = list(pending)
                 images = [image for _, _, image, _ in pending]
-                for image, signal in zip(images, stage.describe_batch(images) if images else []):
+                started = time.perf_counter()
+                signals = stage.describe_batch(images) if images else []
+                share = _ms_since(started) / max(1, len(images))
+                for image, signal in zip(images, signals):
                     image.signals[stage.name] = signal
+                    image.describe_ms[stage.name] = round(share, 3)
             pending = self._unsettled(stage, pending)
         for _ in pending:  # run the stages after the last batched one too
             pass
@@ -107,7 +111,6 @@ class Cascade:
 
         Raises :class:`dupwatch.schemas.Rejected` for bytes that cannot be decoded.
         """
-        started = time.perf_counter()
         # OpenMP's thread count is per calling thread, and workers call from their own thread.
         set_search_threads(self.search_threads)
         run = _Run()
@@ -119,7 +122,7 @@ class Cascade:
         if index:
             for name, signal in run.signals.items():
                 self.indexes[name].for_tenant(tenant).add(image_id, signal)
-        run.timings_ms["total"] = _ms_since(started)
+        run.timings_ms["total"] = round(sum(run.timings_ms.values()), 3)
         label = self._label(match, run) if match else VerdictLabel.UNIQUE
         best = _best_per_image(run.candidates)[: self.top_k]
         return CascadeResult(label, match, best, run.timings_ms)
@@ -129,7 +132,8 @@ class Cascade:
         the pHash still finds close is a near duplicate even when the embedding settled it."""
         recognised = {c.stage for c in run.candidates
                       if c.image_id == match.image_id and self._stage(c.stage).recognises(c.distance)}
-        return next(stage.label for stage in self.stages if stage.name in recognised)
+        return next((stage.label for stage in self.stages if stage.name in recognised),
+                    self._stage(match.stage).label)
 
     def _stage(self, name: str) -> Stage:
         return next(stage for stage in self.stages if stage.name == name)
@@ -139,16 +143,19 @@ class Cascade:
         if stage.needs_pixels:
             image.pixels  # noqa: B018  decoded once (maybe ahead of time), timed on its own
             run.timings_ms["decode"] = round(image.decode_ms or 0.0, 3)
-        started = time.perf_counter()
         signal = run.signals[stage.name] = self._signal(stage, image)
+        started = time.perf_counter()
         hits = self._search(stage, tenant, image_id, signal)
-        run.timings_ms[stage.name] = _ms_since(started)
+        run.timings_ms[stage.name] = round(image.describe_ms[stage.name] + _ms_since(started), 3)
         return self._decide(stage, hits, run)
 
     @staticmethod
     def _signal(stage: Stage, image: ImageInput) -> Any:
+        """The stage's signal for the image, computed once (and timed) whoever asks first."""
         if stage.name not in image.signals:
+            started = time.perf_counter()
             image.signals[stage.name] = stage.describe(image)
+            image.describe_ms[stage.name] = _ms_since(started)
         return image.signals[stage.name]
 
     def _search(self, stage: Stage, tenant: str, image_id: str, signal: Any) -> list[Hit]:

@@ -32,8 +32,10 @@ class ImageInput:
         self.raw = raw
         self.limits = limits
         self.decode_ms: float | None = None
-        # Stage signals computed ahead of the cascade (a batched embedding), by stage name.
+        # Stage signals, by stage name, possibly computed ahead of the cascade (a batched
+        # embedding), and the milliseconds each took (a batch's time shared out evenly).
         self.signals: dict[str, Any] = {}
+        self.describe_ms: dict[str, float] = {}
 
     @cached_property
     def pixels(self) -> Image.Image:
