@@ -1,17 +1,16 @@
 """Bit strings (perceptual hashes) searched by Hamming distance in a FAISS binary index."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Self
 
 import faiss
 import numpy as np
 
+from dupwatch.index.files import load_faiss, save_faiss
 from dupwatch.index.protocol import Hit
 
-_FAISS_FILE = "binary.faiss"
-_KEYS_FILE = "binary.keys.json"
+_NAME = "binary"
 
 
 class BinaryIndex:
@@ -50,16 +49,14 @@ class BinaryIndex:
         return True
 
     def save(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        faiss.write_index_binary(self._faiss, str(path / _FAISS_FILE))
-        keys = {"bits": self.bits, "next_id": self._next_id, "ids": self._id_by_key}
-        (path / _KEYS_FILE).write_text(json.dumps(keys))
+        save_faiss(path, _NAME, faiss.write_index_binary, self._faiss,
+                   {"bits": self.bits, "next_id": self._next_id, "ids": self._id_by_key})
 
     @classmethod
     def load(cls, path: Path) -> Self:
-        keys = json.loads((path / _KEYS_FILE).read_text())
+        stored, keys = load_faiss(path, _NAME, faiss.read_index_binary)
         index = cls(keys["bits"])
-        index._faiss = faiss.read_index_binary(str(path / _FAISS_FILE))
+        index._faiss = stored
         index._id_by_key = {key: int(i) for key, i in keys["ids"].items()}
         index._key_by_id = {i: key for key, i in index._id_by_key.items()}
         index._next_id = keys["next_id"]

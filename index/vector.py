@@ -6,17 +6,16 @@ Distances are cosine distances, 1 - cosine similarity, so that lower is closer a
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Self
 
 import faiss
 import numpy as np
 
+from dupwatch.index.files import load_faiss, save_faiss
 from dupwatch.index.protocol import Hit
 
-_FAISS_FILE = "vector.faiss"
-_KEYS_FILE = "vector.keys.json"
+_NAME = "vector"
 
 
 class VectorIndex:
@@ -67,17 +66,15 @@ class VectorIndex:
         return True
 
     def save(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(self._faiss, str(path / _FAISS_FILE))
-        keys = {"dim": self.dim, "next_id": self._next_id, "next_order": self._next_order,
-                "keys": {key: [self._order_by_key[key], ids] for key, ids in self._ids_by_key.items()}}
-        (path / _KEYS_FILE).write_text(json.dumps(keys))
+        save_faiss(path, _NAME, faiss.write_index, self._faiss, {
+            "dim": self.dim, "next_id": self._next_id, "next_order": self._next_order,
+            "keys": {key: [self._order_by_key[key], ids] for key, ids in self._ids_by_key.items()}})
 
     @classmethod
     def load(cls, path: Path) -> Self:
-        keys = json.loads((path / _KEYS_FILE).read_text())
+        stored, keys = load_faiss(path, _NAME, faiss.read_index)
         index = cls(keys["dim"])
-        index._faiss = faiss.read_index(str(path / _FAISS_FILE))
+        index._faiss = stored
         for key, (order, ids) in keys["keys"].items():
             index._ids_by_key[key] = ids
             index._order_by_key[key] = order
