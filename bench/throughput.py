@@ -1,13 +1,13 @@
 """`dupwatch bench throughput`: the cascade in-process vs end to end through a broker.
 
-(a) decode + SHA-256 + pHash, in this process, on events' raw bytes;
+(a) decode + the configured stages (--stages), in this process, on events' raw bytes;
 (b) publish -> worker process -> verdict topic, through an embedded broker, same images, with
     the publisher, the broker, the worker and the verdict reader sharing this machine's cores;
 (c) the worker alone draining events already in the topic (what a worker sees when producers
     run elsewhere);
 (d) latency at a steady rate of half of (b), where queueing does not dominate it.
 Every event carries unique bytes (a suffix after the image data, which decoders ignore), so
-the exact-hash stage never short-cuts one and every event is decoded and pHashed.
+the exact-hash stage never short-cuts one and every event is decoded and described.
 """
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ from dupwatch.streams.publish import Publisher
 from dupwatch.streams.samples import samples_dir
 from dupwatch.streams.sources import image_files
 from dupwatch.streams.worker_process import WorkerProcess
-
 
 
 def run_throughput_bench(settings: Settings, images_dir: str | None, count: int, out: str) -> int:

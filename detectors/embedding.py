@@ -60,6 +60,10 @@ class EmbeddingModel:
             encoder = encoder.half()  # half precision on GPUs: twice the throughput, same ranking
         return cls(encoder, resolution, chosen, f"{weights.stem}+{actual[:12]}")
 
+    @property
+    def dim(self) -> int:
+        return int(self.encoder.project.out_features)
+
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         """One forward pass over all ``images``: (N, dim) unit vectors."""
         import torch
@@ -122,7 +126,7 @@ class EmbeddingStage:
                  on_batch: Callable[[int, float], None] | None = None) -> None:
         self.model = model
         self.calibration = calibration
-        self.dim = int(model.embed([Image.new("RGB", (32, 32))]).shape[1])
+        self.dim = model.dim
         self._on_batch = on_batch
 
     def describe(self, image: ImageInput) -> np.ndarray:

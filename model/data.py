@@ -12,7 +12,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageOps
+from PIL import Image
+
+from dupwatch.detectors.image import DecodeLimits, decode
 
 HELD_OUT_PERCENT = 30
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -46,13 +48,8 @@ def split(photos: list[Photo]) -> tuple[list[Photo], list[Photo]]:
 
 
 def load_rgb(path: Path, max_side: int) -> Image.Image:
-    """Upright RGB, shrunk so the longer side is at most ``max_side`` (keeps memory small)."""
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("RGBA", "LA", "P"):
-            image = image.convert("RGBA")
-            flat = Image.new("RGBA", image.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(flat, image)
-        image = image.convert("RGB")
-        image.thumbnail((max_side, max_side))
-        return image
+    """Upright RGB as the worker decodes it, shrunk so the longer side is at most ``max_side``
+    (keeps memory small). Full-scale decode: training sees no draft artefacts."""
+    image = decode(path.read_bytes(), DecodeLimits(draft_min_side=0))
+    image.thumbnail((max_side, max_side))
+    return image
