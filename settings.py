@@ -109,6 +109,26 @@ class Settings:
         20.0, "Consumer-group session timeout (s): how soon a dead worker is noticed.", "worker")
     log_level: str = _opt("warning", "Worker log level: debug, info, warning or error.", "worker")
 
+    # -- sharding: the index split over workers (0 shards: each worker holds all of it)
+    shards: int = _opt(
+        0, "Index shards over Kafka (partitions of the changelog); 0 keeps every index in the "
+        "worker's memory, for a single worker.", "sharding")
+    index_topic_prefix: str = _opt(
+        "dupwatch.index", "Prefix of the sharded index's topics: .changelog, .lookups, .answers.",
+        "sharding")
+    control_topic: str = _opt(
+        "dupwatch.control", "Topic of takedown and bank commands (dupwatch remove, bank add).",
+        "sharding")
+    match_only_tenants: list[str] = _list(
+        [], "Tenants checked against their bank but never indexed (moderation banks).",
+        "sharding")
+    snapshot_interval_s: float = _opt(
+        60.0, "How often a worker snapshots its shards into state_dir (0: only when it stops).",
+        "sharding")
+    lookup_retry_s: float = _opt(
+        5.0, "Resend a lookup to shards that have not answered within this long (rebalancing).",
+        "sharding")
+
     @property
     def bootstrap_list(self) -> list[str]:
         return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]

@@ -4,15 +4,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable
 
 from dupwatch.detectors.calibration import combine_scores, load_calibrations
 from dupwatch.detectors.image import DecodeLimits, ImageInput
 from dupwatch.detectors.phash import PHashStage
 from dupwatch.detectors.protocol import Stage
 from dupwatch.detectors.sha256 import Sha256Stage
-from dupwatch.index import Hit, TenantIndexes, set_search_threads
-from dupwatch.schemas import Candidate, Verdict, VerdictLabel, utc_now
+from dupwatch.index import Entry, Hit, LocalStore, Lookup, Store, set_search_threads
+from dupwatch.schemas import Candidate, Rejected, Verdict, VerdictLabel, utc_now
 from dupwatch.settings import Settings
 
 CALIBRATION_FILE = Path(__file__).resolve().parents[1] / "model" / "calibration.json"
@@ -37,25 +37,45 @@ class CascadeResult:
             processed_at=utc_now(), model_version=model_version, submitted_at=submitted_at,
             metadata=metadata or {})
 
+    def to_record(self) -> dict:
+        """What is stored with the indexed image, so a re-delivery gets the same verdict."""
+        return {"label": self.label.value,
+                "match": _candidate_fields(self.match) if self.match else None,
+                "candidates": [_candidate_fields(c) for c in self.candidates]}
+
+    @classmethod
+    def from_record(cls, record: dict, timings_ms: dict[str, float]) -> "CascadeResult":
+        match = record.get("match")
+        return cls(VerdictLabel(record["label"]), Candidate(*match) if match else None,
+                   [Candidate(*c) for c in record.get("candidates", [])], timings_ms)
+
 
 @dataclass
 class _Run:
-    """What one check has learned so far."""
-    signals: dict[str, Any] = field(default_factory=dict)
+    """What one image's check has learned so far."""
+    tenant: str
+    image_id: str
+    image: ImageInput
+    signals: dict[str, Any] = field(default_factory=dict)   # of the stages that ran
     candidates: list[Candidate] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    result: CascadeResult | Rejected | None = None
+    redelivered: bool = False
 
 
 class Cascade:
-    """Stages in order with one tenant-namespaced index each.
+    """Stages in order over one :class:`Store` of tenant-namespaced indexes.
 
-    ``check`` is not thread-safe: callers serialise it, which also makes "search, then add"
-    atomic, so two copies checked by one process can never both come out unique.
+    ``check_batch`` is not thread-safe: callers serialise it, which also makes "search, then
+    add" atomic within the process, so two copies checked by one worker can never both come
+    out unique. The store answers a whole batch per lookup, which is one round trip to the
+    shards when the store is sharded.
     """
 
     def __init__(self, stages: list[Stage], limits: DecodeLimits, min_score: float = 0.99,
                  search_k: int = 8, top_k: int = 0, search_threads: int = 1,
-                 model_version: str | None = None) -> None:
+                 model_version: str | None = None, store: Store | None = None,
+                 match_only_tenants: frozenset[str] = frozenset()) -> None:
         self.stages = stages
         self.min_score = min_score
         self.limits = limits
@@ -63,47 +83,14 @@ class Cascade:
         self.top_k = top_k
         self.search_threads = search_threads
         self.model_version = model_version
-        self.indexes: dict[str, TenantIndexes] = {
-            stage.name: TenantIndexes(stage.new_index, stage.load_index) for stage in stages}
+        self.match_only_tenants = match_only_tenants
+        self.store: Store = store if store is not None else self.new_local_store()
+
+    def new_local_store(self) -> LocalStore:
+        return LocalStore({stage.name: (stage.new_index, stage.load_index) for stage in self.stages})
 
     def image(self, raw: bytes) -> ImageInput:
         return ImageInput(raw, self.limits)
-
-    @property
-    def batches(self) -> bool:
-        """Whether a stage describes whole batches at once (so ``prefetch`` pays off)."""
-        return any(getattr(stage, "batched", False) for stage in self.stages)
-
-    def prefetch(self, batch: Iterable[tuple[str, str, ImageInput]]) -> None:
-        """Compute batched stages' signals for a whole batch in one go (one forward pass).
-
-        Only for images the cheaper stages do not already settle against the indexes as they
-        are now; ``check`` reuses these signals and computes any that are missing, so the
-        verdicts are the same as one by one. ``batch`` is consumed lazily: the cheap stages
-        run on each image as soon as it arrives (while later ones are still being decoded).
-        """
-        pending: Iterable[tuple[str, str, ImageInput, _Run]] = (
-            (tenant, image_id, image, _Run()) for tenant, image_id, image in batch)
-        for stage in self.stages:
-            if getattr(stage, "batched", False):
-                pending = list(pending)
-                images = [image for _, _, image, _ in pending]
-                started = time.perf_counter()
-                signals = stage.describe_batch(images) if images else []
-                share = _ms_since(started) / max(1, len(images))
-                for image, signal in zip(images, signals):
-                    image.signals[stage.name] = signal
-                    image.describe_ms[stage.name] = round(share, 3)
-            pending = self._unsettled(stage, pending)
-        for _ in pending:  # run the stages after the last batched one too
-            pass
-
-    def _unsettled(self, stage: Stage, items: Iterable[tuple[str, str, ImageInput, _Run]]
-                   ) -> Iterator[tuple[str, str, ImageInput, _Run]]:
-        for tenant, image_id, image, run in items:
-            hits = self._search(stage, tenant, image_id, self._signal(stage, image))
-            if self._decide(stage, hits, run) is None:
-                yield tenant, image_id, image, run
 
     def check(self, tenant: str, image_id: str, image: ImageInput, *,
               index: bool = True) -> CascadeResult:
@@ -111,21 +98,122 @@ class Cascade:
 
         Raises :class:`dupwatch.schemas.Rejected` for bytes that cannot be decoded.
         """
+        result = self.check_batch([(tenant, image_id, image)], index=index)[0]
+        if isinstance(result, Rejected):
+            raise result
+        return result
+
+    def check_batch(self, items: list[tuple[str, str, ImageInput]], *,
+                    index: bool = True) -> list[CascadeResult | Rejected]:
+        """Check images as if one by one in this order, each against everything before it
+        (indexed earlier, or earlier in the batch), then index them unless ``index`` is False
+        or their tenant is match-only. A re-delivered image (already indexed) gets the verdict
+        it got then, and is not indexed again.
+        """
         # OpenMP's thread count is per calling thread, and workers call from their own thread.
         set_search_threads(self.search_threads)
-        run = _Run()
-        match = None
-        for stage in self.stages:
-            match = self._run_stage(stage, tenant, image_id, image, run)
-            if match is not None:
-                break
+        runs: dict[tuple[str, str], _Run] = {}
+        for tenant, image_id, image in items:  # an image twice in a batch is checked once
+            runs.setdefault((tenant, image_id), _Run(tenant, image_id, image))
+        within_batch = self.new_local_store()
+        pending = list(runs.values())
+        for number, stages in enumerate(self._rounds()):
+            pending = self._run_round(stages, pending, within_batch, first=number == 0)
+        for run in pending:
+            run.result = self._result(None, run)
         if index:
-            for name, signal in run.signals.items():
-                self.indexes[name].for_tenant(tenant).add(image_id, signal)
+            self.store.add([self._entry(run) for run in runs.values() if self._indexes(run)])
+        return [runs[tenant, image_id].result for tenant, image_id, _ in items]  # type: ignore[misc]
+
+    def add_to_bank(self, tenant: str, image_id: str, image: ImageInput) -> None:
+        """Index an image under every stage, with no verdict: an entry of a moderation bank
+        that a match-only tenant's uploads are checked against."""
+        run = _Run(tenant, image_id, image)
+        described = self._describe(self.stages, [run])
+        if isinstance(run.result, Rejected):
+            raise run.result
+        self.store.add([Entry(tenant, image_id, described[0][1], {}, time.time_ns())])
+
+    def _rounds(self) -> list[list[Stage]]:
+        """Stages grouped into lookups. In memory each stage has its own, so no stage describes
+        an image an earlier one settled; when a lookup is a round trip to the shards, the cheap
+        stages share one and only a batched (costly) stage starts a new group."""
+        if not self.store.round_trip:
+            return [[stage] for stage in self.stages]
+        rounds: list[list[Stage]] = []
+        for stage in self.stages:
+            if not rounds or getattr(stage, "batched", False):
+                rounds.append([])
+            rounds[-1].append(stage)
+        return rounds
+
+    def _run_round(self, stages: list[Stage], runs: list[_Run], within_batch: LocalStore,
+                   first: bool) -> list[_Run]:
+        """One lookup for these stages; returns the runs still open after them."""
+        described = self._describe(stages, runs)
+        queries = [Lookup(run.tenant, run.image_id, signals) for run, signals in described]
+        started = time.perf_counter()
+        answers = self.store.lookup(queries, self.search_k)
+        lookup_ms = _ms_since(started) / max(1, len(queries) * len(stages))
+        still_open = []
+        for (run, signals), query, answer in zip(described, queries, answers):
+            if first and answer.earlier is not None:
+                run.result = CascadeResult.from_record(answer.earlier, {"lookup": lookup_ms})
+                run.redelivered = True
+                continue
+            answer.merge(within_batch.lookup([query], self.search_k)[0], self.search_k)
+            for stage in stages:
+                match = self._run_stage(stage, run, signals[stage.name],
+                                        answer.hits.get(stage.name, []), lookup_ms)
+                if match is not None:
+                    run.result = self._result(match, run)
+                    break
+            within_batch.add([self._entry(run)])
+            if run.result is None:
+                still_open.append(run)
+        return still_open
+
+    def _describe(self, stages: list[Stage], runs: list[_Run]) -> list[tuple[_Run, dict[str, Any]]]:
+        """Each run's signals for these stages. Batched stages describe all images in one call;
+        a run whose image cannot be decoded ends with the rejection."""
+        described = []
+        for run in runs:
+            try:
+                if any(stage.needs_pixels for stage in stages):
+                    run.image.pixels  # noqa: B018  decoded once (maybe ahead), timed on its own
+                    run.timings_ms["decode"] = round(run.image.decode_ms or 0.0, 3)
+                for stage in stages:
+                    if not getattr(stage, "batched", False):
+                        _signal(stage, run.image)
+                described.append(run)
+            except Rejected as error:
+                run.result = error
+        for stage in stages:
+            if getattr(stage, "batched", False):
+                _describe_batch(stage, [run.image for run in described])
+        return [(run, {stage.name: run.image.signals[stage.name] for stage in stages})
+                for run in described]
+
+    def _run_stage(self, stage: Stage, run: _Run, signal: Any, hits: list[Hit],
+                   lookup_ms: float) -> Candidate | None:
+        run.signals[stage.name] = signal
+        run.timings_ms[stage.name] = round(run.image.describe_ms[stage.name] + lookup_ms, 3)
+        return self._decide(stage, hits, run)
+
+    def _result(self, match: Candidate | None, run: _Run) -> CascadeResult:
         run.timings_ms["total"] = round(sum(run.timings_ms.values()), 3)
         label = self._label(match, run) if match else VerdictLabel.UNIQUE
         best = _best_per_image(run.candidates)[: self.top_k]
         return CascadeResult(label, match, best, run.timings_ms)
+
+    def _indexes(self, run: _Run) -> bool:
+        return (isinstance(run.result, CascadeResult) and not run.redelivered
+                and run.tenant not in self.match_only_tenants)
+
+    @staticmethod
+    def _entry(run: _Run) -> Entry:
+        record = run.result.to_record() if isinstance(run.result, CascadeResult) else {}
+        return Entry(run.tenant, run.image_id, dict(run.signals), record, time.time_ns())
 
     def _label(self, match: Candidate, run: _Run) -> VerdictLabel:
         """The label of the cheapest stage that recognises the match as its kind of copy: a copy
@@ -137,31 +225,6 @@ class Cascade:
 
     def _stage(self, name: str) -> Stage:
         return next(stage for stage in self.stages if stage.name == name)
-
-    def _run_stage(self, stage: Stage, tenant: str, image_id: str, image: ImageInput,
-                   run: _Run) -> Candidate | None:
-        if stage.needs_pixels:
-            image.pixels  # noqa: B018  decoded once (maybe ahead of time), timed on its own
-            run.timings_ms["decode"] = round(image.decode_ms or 0.0, 3)
-        signal = run.signals[stage.name] = self._signal(stage, image)
-        started = time.perf_counter()
-        hits = self._search(stage, tenant, image_id, signal)
-        run.timings_ms[stage.name] = round(image.describe_ms[stage.name] + _ms_since(started), 3)
-        return self._decide(stage, hits, run)
-
-    @staticmethod
-    def _signal(stage: Stage, image: ImageInput) -> Any:
-        """The stage's signal for the image, computed once (and timed) whoever asks first."""
-        if stage.name not in image.signals:
-            started = time.perf_counter()
-            image.signals[stage.name] = stage.describe(image)
-            image.describe_ms[stage.name] = _ms_since(started)
-        return image.signals[stage.name]
-
-    def _search(self, stage: Stage, tenant: str, image_id: str, signal: Any) -> list[Hit]:
-        index = self.indexes[stage.name].existing(tenant)
-        found = index.search(signal, self.search_k + 1) if index is not None else []
-        return [hit for hit in found if hit.key != image_id][: self.search_k]  # never itself
 
     def _decide(self, stage: Stage, hits: list[Hit], run: _Run) -> Candidate | None:
         """The best candidate whose score, combined over the stages run so far, is decisive.
@@ -182,19 +245,6 @@ class Cascade:
     def _candidate(stage: Stage, hit: Hit) -> Candidate:
         return Candidate(image_id=hit.key, stage=stage.name,
                          score=round(stage.score(hit.distance), 6), distance=hit.distance)
-
-    def size(self) -> dict[str, dict[str, int]]:
-        """Entries per stage and tenant."""
-        return {name: {tenant: len(index) for tenant, index in indexes.tenants()}
-                for name, indexes in self.indexes.items()}
-
-    def save(self, path: Path) -> None:
-        for name, indexes in self.indexes.items():
-            indexes.save(path / name)
-
-    def load(self, path: Path) -> None:
-        for name, indexes in self.indexes.items():
-            indexes.load(path / name)
 
 
 def build_cascade(settings: Settings,
@@ -220,10 +270,11 @@ def build_cascade(settings: Settings,
                              "(choose from sha256, phash, embedding)")
     cascade = Cascade(stages, DecodeLimits(settings.max_image_pixels, settings.decode_draft_side),
                       min_score=settings.min_score, search_k=settings.search_k, top_k=settings.top_k,
-                      search_threads=settings.search_threads, model_version=model_version)
+                      search_threads=settings.search_threads, model_version=model_version,
+                      match_only_tenants=frozenset(settings.match_only_tenants))
     state = settings.state_path()
-    if state is not None:
-        cascade.load(state)
+    if state is not None and isinstance(cascade.store, LocalStore):
+        cascade.store.load(state)
     return cascade
 
 
@@ -247,6 +298,32 @@ def _best_per_image(candidates: list[Candidate]) -> list[Candidate]:
         if candidate.image_id not in best or candidate.score > best[candidate.image_id].score:
             best[candidate.image_id] = candidate
     return sorted(best.values(), key=lambda c: -c.score)
+
+
+def _signal(stage: Stage, image: ImageInput) -> Any:
+    """The stage's signal for the image, computed once (and timed) whoever asks first."""
+    if stage.name not in image.signals:
+        started = time.perf_counter()
+        image.signals[stage.name] = stage.describe(image)
+        image.describe_ms[stage.name] = _ms_since(started)
+    return image.signals[stage.name]
+
+
+def _describe_batch(stage: Stage, images: list[ImageInput]) -> None:
+    """One call for every image still without the stage's signal; each is timed at its share."""
+    missing = [image for image in images if stage.name not in image.signals]
+    if not missing:
+        return
+    started = time.perf_counter()
+    signals = stage.describe_batch(missing)  # type: ignore[attr-defined]
+    share = _ms_since(started) / len(missing)
+    for image, signal in zip(missing, signals, strict=True):
+        image.signals[stage.name] = signal
+        image.describe_ms[stage.name] = round(share, 3)
+
+
+def _candidate_fields(candidate: Candidate) -> list:
+    return [candidate.image_id, candidate.stage, candidate.score, candidate.distance]
 
 
 def _ms_since(started: float) -> float:

@@ -1,18 +1,20 @@
 """Indexes of image signals: one protocol (add, search, remove, save, load, len), several kinds.
 
 ``ExactIndex`` maps digests to images, ``BinaryIndex`` searches bit strings by Hamming distance
-in FAISS, ``VectorIndex`` searches embeddings by cosine distance in FAISS, and ``TenantIndexes`` keeps one index per tenant so tenants never match each other.
+in FAISS, ``VectorIndex`` searches embeddings by cosine distance in FAISS, ``TenantIndexes`` keeps one index per tenant so tenants never match each other, and a
+``Store`` holds every stage's indexes (``LocalStore`` in memory; a shard is one too).
 """
 import faiss
 
 from dupwatch.index.binary import BinaryIndex
 from dupwatch.index.exact import ExactIndex
 from dupwatch.index.protocol import Hit, Index
+from dupwatch.index.store import Entry, Found, LocalStore, Lookup, Store
 from dupwatch.index.tenants import TenantIndexes
 from dupwatch.index.vector import VectorIndex
 
-__all__ = ["BinaryIndex", "ExactIndex", "Hit", "Index", "TenantIndexes", "VectorIndex",
-           "set_search_threads"]
+__all__ = ["BinaryIndex", "Entry", "ExactIndex", "Found", "Hit", "Index", "LocalStore", "Lookup",
+           "Store", "TenantIndexes", "VectorIndex", "set_search_threads"]
 
 
 def set_search_threads(threads: int) -> None:

@@ -1,15 +1,16 @@
-"""Wire formats: the image event, the verdict and the dead-letter record.
+"""Wire formats: the image event, the verdict, the dead-letter record and the control command.
 
 The JSON Schema documents in ``v1/`` are the contract; the dataclasses in ``records`` are what
 the code uses. Every record dupwatch writes is checked against its schema in the tests.
 """
 from dupwatch.schemas.records import (
-    SCHEMA_VERSION, Candidate, DeadLetter, ImageEvent, Reason, Rejected, Verdict, VerdictLabel,
-    utc_now,
+    SCHEMA_VERSION, Candidate, ControlCommand, DeadLetter, ImageEvent, Reason, Rejected, Verdict,
+    VerdictLabel, utc_now,
 )
-from dupwatch.schemas.validation import parse_image_event, schema, validate
+from dupwatch.schemas.validation import parse_control, parse_image_event, schema, validate
 
 __all__ = [
-    "SCHEMA_VERSION", "Candidate", "DeadLetter", "ImageEvent", "Reason", "Rejected", "Verdict",
-    "VerdictLabel", "parse_image_event", "schema", "utc_now", "validate",
+    "SCHEMA_VERSION", "Candidate", "ControlCommand", "DeadLetter", "ImageEvent", "Reason",
+    "Rejected", "Verdict", "VerdictLabel", "parse_control", "parse_image_event", "schema",
+    "utc_now", "validate",
 ]

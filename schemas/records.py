@@ -45,6 +45,25 @@ def utc_now() -> str:
 
 
 @dataclass(frozen=True)
+class ControlCommand:
+    """``remove``: take ``image_ids`` down from every index; ``bank_add``: index one image
+    (``image_ids[0]``, bytes in ``data``) into the tenant's bank, with no verdict."""
+    action: str
+    tenant: str
+    image_ids: list[str]
+    data: bytes | None = None
+
+    def to_json(self) -> bytes:
+        doc: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "action": self.action,
+                               "tenant": self.tenant}
+        if self.action == "bank_add":
+            doc.update(image_id=self.image_ids[0], data=base64.b64encode(self.data or b"").decode())
+        else:
+            doc["image_ids"] = self.image_ids
+        return json.dumps(doc).encode()
+
+
+@dataclass(frozen=True)
 class ImageEvent:
     image_id: str
     tenant: str = "default"

@@ -20,12 +20,14 @@ from faust.types import TP
 from faust.web import Request, Response, View
 
 from dupwatch.detectors import build_cascade
+from dupwatch.index import LocalStore
 from dupwatch.schemas import DeadLetter, Verdict
 from dupwatch.settings import Settings
 from dupwatch.streams import metrics
 from dupwatch.streams.health import PartitionProgress, readiness
 from dupwatch.streams.kafka import ensure_topics, faust_credentials, max_message_bytes
 from dupwatch.streams.processor import InputRecord, Processor
+from dupwatch.streams.shards import ShardClient, ShardServer
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +36,8 @@ log = logging.getLogger(__name__)
 GAUGE_REFRESH_S = 5.0
 
 
-def create_app(settings: Settings, processor: Processor,
-               executor: ThreadPoolExecutor) -> faust.App:
+def create_app(settings: Settings, processor: Processor, executor: ThreadPoolExecutor,
+               shards: ShardServer | None = None) -> faust.App:
     app = faust.App(
         settings.group_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_list],
@@ -57,8 +59,9 @@ def create_app(settings: Settings, processor: Processor,
     )
     progress = PartitionProgress(settings.input_topic)
     _add_agent(app, settings, processor, executor, progress)
-    _add_gauge_refresh(app, processor, executor, progress)
-    _add_probes(app)
+    _add_control_agent(app, settings, processor, executor)
+    _add_gauge_refresh(app, processor, executor, progress, shards)
+    _add_probes(app, shards)
     return app
 
 
@@ -88,8 +91,26 @@ def _add_agent(app: faust.App, settings: Settings, processor: Processor,
             progress.processed(records)
 
 
+def _add_control_agent(app: faust.App, settings: Settings, processor: Processor,
+                       executor: ThreadPoolExecutor) -> None:
+    """Takedowns and bank loads, applied on the cascade's thread between batches."""
+    commands = app.topic(settings.control_topic, key_serializer="raw", value_serializer="raw")
+    dead_letters = app.topic(settings.dead_letter_topic, key_serializer="raw",
+                             value_serializer="raw")
+
+    @app.agent(commands, name="dupwatch.control")
+    async def control(stream: faust.StreamT) -> None:
+        loop = asyncio.get_running_loop()
+        async for event in stream.events():
+            record = _record(event)
+            outcome = await loop.run_in_executor(executor, processor.handle_control, record)
+            if outcome is not None:
+                await (await dead_letters.send(key=record.key, value=outcome.to_json()))
+                metrics.observe_outcomes([outcome], time.time())
+
+
 def _add_gauge_refresh(app: faust.App, processor: Processor, executor: ThreadPoolExecutor,
-                       progress: PartitionProgress) -> None:
+                       progress: PartitionProgress, shards: ShardServer | None) -> None:
     @app.on_partitions_revoked.connect
     async def forget(app: faust.App, revoked: set[TP], **kwargs: Any) -> None:
         progress.revoked(tp.partition for tp in revoked if tp.topic == progress.topic)
@@ -99,10 +120,14 @@ def _add_gauge_refresh(app: faust.App, processor: Processor, executor: ThreadPoo
         try:
             assigned = [tp for tp in app.consumer.assignment() if tp.topic == progress.topic]
             metrics.set_consumer_lag(progress.topic, await _lag(app, progress, assigned))
-            # Counted on the cascade's own thread, between batches: no check changes the
-            # indexes while they are counted.
-            loop = asyncio.get_running_loop()
-            metrics.set_index_sizes(await loop.run_in_executor(executor, processor.cascade.size))
+            if shards is not None:
+                metrics.set_index_sizes({str(n): sizes for n, sizes in shards.sizes.items()})
+            elif isinstance(processor.cascade.store, LocalStore):
+                # Counted on the cascade's own thread, between batches: no check changes the
+                # indexes while they are counted.
+                loop = asyncio.get_running_loop()
+                sizes = await loop.run_in_executor(executor, processor.cascade.store.size)
+                metrics.set_index_sizes({metrics.WHOLE_INDEX: sizes})
         except Exception:  # an exception would end the timer for good; the next tick retries
             log.warning("could not refresh the lag and index-size gauges", exc_info=True)
 
@@ -128,7 +153,7 @@ async def _lag(app: faust.App, progress: PartitionProgress,
     return lag
 
 
-def _add_probes(app: faust.App) -> None:
+def _add_probes(app: faust.App, shards: ShardServer | None) -> None:
     @app.page("/metrics")
     async def prometheus_metrics(web: View, request: Request) -> Response:
         body, content_type = metrics.exposition()
@@ -140,7 +165,7 @@ def _add_probes(app: faust.App) -> None:
 
     @app.page("/readyz")
     async def readyz(web: View, request: Request) -> Response:
-        checks = readiness(app)
+        checks = readiness(app, shards)
         ready = all(checks.values())
         return web.json({"status": "ready" if ready else "not ready", "checks": checks},
                         status=200 if ready else 503)
@@ -163,7 +188,8 @@ def run_worker(settings: Settings) -> None:
     """Run one worker until SIGTERM/SIGINT; save the indexes on the way out if configured.
 
     The cascade (and so any model and index snapshot) is loaded before the web server
-    starts: a worker that answers its probes has it.
+    starts: a worker that answers its probes has it. With ``shards`` > 0 the worker also hosts
+    the index shards Kafka assigns it, and its cascade looks images up across all shards.
     """
     if settings.web_enabled:
         _check_web_port(settings.web_port)
@@ -171,16 +197,23 @@ def run_worker(settings: Settings) -> None:
     cascade = build_cascade(settings, on_embedding_batch=metrics.observe_embedding_batch)
     if cascade.model_version:
         metrics.set_model_version(cascade.model_version)
+    shards = client = None
+    if settings.shards > 0:
+        shards = ShardServer(settings, cascade.new_local_store).start()
+        cascade.store = client = ShardClient(settings)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dupwatch-cascade")
-    app = create_app(settings, Processor(settings, cascade), executor)
+    app = create_app(settings, Processor(settings, cascade), executor, shards)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     try:
         worker.execute_from_commandline()
     finally:
         executor.shutdown(wait=True)
+        if client is not None and shards is not None:
+            client.close()
+            shards.stop()  # snapshots its shards into state_dir
         state = settings.state_path()
-        if state is not None:
-            cascade.save(state)
+        if state is not None and isinstance(cascade.store, LocalStore):
+            cascade.store.save(state)
             log.warning("saved index snapshot to %s", state)
 
 

@@ -5,8 +5,8 @@
 embedding model, index snapshots) before its web server starts, so a worker that answers has
 loaded them; what is left to wait for is the consumer group: joined at least once and not in
 the middle of a rebalance. A worker with no partitions (more workers than partitions) is
-ready: it is a standby. "Shards caught up" joins the checks when the index is sharded
-(issue 4).
+ready: it is a standby. With a sharded index, "shards caught up" joins the checks: false while
+a shard this worker was given is still being rebuilt from its snapshot and the changelog.
 """
 from __future__ import annotations
 
@@ -22,10 +22,18 @@ class GroupMember(Protocol):
     rebalancing_count: int
 
 
-def readiness(app: GroupMember) -> dict[str, bool]:
+class ShardHost(Protocol):
+    """The part of a shard server that says whether its shards have caught up."""
+    ready: bool
+
+
+def readiness(app: GroupMember, shards: ShardHost | None = None) -> dict[str, bool]:
     """Each readiness condition and whether it holds; ready when all do."""
-    return {"joined_consumer_group": app.rebalancing_count > 0,
-            "not_rebalancing": not app.rebalancing}
+    checks = {"joined_consumer_group": app.rebalancing_count > 0,
+              "not_rebalancing": not app.rebalancing}
+    if shards is not None:
+        checks["shards_caught_up"] = shards.ready
+    return checks
 
 
 @dataclass

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ssl
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -12,6 +13,23 @@ from dupwatch.settings import Settings
 
 # Room for the JSON envelope and base64 (4/3) around the largest accepted image.
 _ENVELOPE_FACTOR = 1.4
+
+
+# How long compaction keeps a changelog tombstone (a takedown) readable by rebuilding shards.
+CHANGELOG_DELETE_RETENTION_MS = 7 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class ShardTopics:
+    changelog: str
+    lookups: str
+    answers: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> "ShardTopics":
+        prefix = settings.index_topic_prefix
+        return cls(f"{prefix}.changelog", f"{prefix}.lookups", f"{prefix}.answers")
+
 
 
 def max_message_bytes(settings: Settings) -> int:
@@ -58,12 +76,10 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext:
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
-    """Create the input, verdict and dead-letter topics if missing (existing ones are kept)."""
+    """Create the topics dupwatch uses if missing (existing ones are kept as they are)."""
     admin = AdminClient(confluent_config(settings))
-    names = [settings.input_topic, settings.verdict_topic, settings.dead_letter_topic]
     existing = admin.list_topics(timeout=timeout_s).topics
-    missing = [NewTopic(name, settings.partitions, settings.replication_factor)
-               for name in names if name not in existing]
+    missing = [topic for topic in _topics(settings) if topic.topic not in existing]
     if not missing:
         return
     for name, future in admin.create_topics(missing, request_timeout=timeout_s).items():
@@ -72,3 +88,21 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):  # another worker won the race: fine
                 raise SystemExit(f"dupwatch: cannot create topic {name}: {exc}") from None
+
+
+def _topics(settings: Settings) -> list[NewTopic]:
+    replicas = settings.replication_factor
+    topics = [NewTopic(name, settings.partitions, replicas) for name in
+              (settings.input_topic, settings.verdict_topic, settings.dead_letter_topic)]
+    # One partition: commands apply in the order they were given (a bank add, then a removal).
+    topics.append(NewTopic(settings.control_topic, 1, replicas))
+    if settings.shards > 0:
+        names = ShardTopics.of(settings)
+        topics += [
+            NewTopic(names.changelog, settings.shards, replicas, config={
+                "cleanup.policy": "compact",
+                "delete.retention.ms": str(CHANGELOG_DELETE_RETENTION_MS)}),
+            NewTopic(names.lookups, settings.shards, replicas, config={"retention.ms": "3600000"}),
+            NewTopic(names.answers, max(settings.shards, settings.partitions), replicas,
+                     config={"retention.ms": "3600000"})]
+    return topics

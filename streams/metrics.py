@@ -53,10 +53,12 @@ CONSUMER_LAG = Gauge(
     "dupwatch_consumer_lag",
     "Records in an assigned input partition that this worker has not processed yet.",
     ["topic", "partition"])
+CONTROL_COMMANDS = Counter(
+    "dupwatch_control_commands", "Control commands applied (remove, bank_add).", ["action"])
 MODEL = Gauge("dupwatch_model_info", "The embedding model the worker has loaded (always 1).",
               ["version"])
 
-# Until the index is sharded (issue 4), each worker holds one index over all it has processed.
+# The shard label of a worker that holds the whole index itself (shards = 0).
 WHOLE_INDEX = "all"
 
 
@@ -98,11 +100,18 @@ def set_model_version(version: str) -> None:
     MODEL.labels(version).set(1)
 
 
-def set_index_sizes(sizes: Mapping[str, Mapping[str, int]], shard: str = WHOLE_INDEX) -> None:
-    """Entries per stage and tenant, as ``Cascade.size()`` returns them."""
-    for stage, tenants in sizes.items():
-        for tenant, count in tenants.items():
-            INDEX_ENTRIES.labels(stage, tenant, shard).set(count)
+def set_index_sizes(by_shard: Mapping[str, Mapping[str, Mapping[str, int]]]) -> None:
+    """Entries per stage and tenant (as ``LocalStore.size()`` gives them) of each index shard
+    this worker holds; shards it no longer holds vanish."""
+    INDEX_ENTRIES.clear()
+    for shard, sizes in by_shard.items():
+        for stage, tenants in sizes.items():
+            for tenant, count in tenants.items():
+                INDEX_ENTRIES.labels(stage, tenant, shard).set(count)
+
+
+def count_control(action: str) -> None:
+    CONTROL_COMMANDS.labels(action).inc()
 
 
 def set_consumer_lag(topic: str, lag_by_partition: Mapping[int, int]) -> None:

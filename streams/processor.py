@@ -4,13 +4,13 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
-from dupwatch.detectors import Cascade, ImageInput
+from dupwatch.detectors import Cascade, CascadeResult, ImageInput
 from dupwatch.schemas import (
-    DeadLetter, ImageEvent, Reason, Rejected, Verdict, parse_image_event,
+    DeadLetter, ImageEvent, Reason, Rejected, Verdict, parse_control, parse_image_event,
 )
 from dupwatch.settings import Settings
+from dupwatch.streams import metrics
 from dupwatch.streams.sources import read_uri
 
 log = logging.getLogger(__name__)
@@ -33,14 +33,15 @@ class _Prepared:
     event: ImageEvent | None = None
     image: ImageInput | None = None
     error: Rejected | None = None
+    result: CascadeResult | Rejected | None = None   # the cascade's, for records without error
 
 
 class Processor:
     """Turns records into verdicts or dead letters, batch by batch.
 
     Parsing, fetching and decoding run on ``decode_threads`` threads (Pillow releases the GIL);
-    the cascade's search-then-index runs in record order on the calling thread, so results do
-    not depend on the batching.
+    then the cascade checks the batch on the calling thread as if record by record, so results
+    do not depend on the batching.
     """
 
     def __init__(self, settings: Settings, cascade: Cascade) -> None:
@@ -49,33 +50,47 @@ class Processor:
         self._pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="dupwatch-decode")
 
     def handle_batch(self, records: list[InputRecord]) -> list[Verdict | DeadLetter]:
-        # map() yields in order as decodes finish, so checking overlaps with decoding.
-        prepared: Iterable[_Prepared] = self._pool.map(self._prepare, records)
-        if self.cascade.batches:
-            prepared = self._prefetched(prepared)
+        prepared = list(self._pool.map(self._prepare, records))
+        ready = [p for p in prepared if p.error is None]
+        try:
+            results = self.cascade.check_batch(
+                [(p.event.tenant, p.event.image_id, p.image) for p in ready])  # type: ignore[union-attr]
+        except Exception:  # a bug: find the record that trips it, one by one, so it alone fails
+            log.exception("batch check failed; checking its records one by one")
+            results = [self._check_alone(p) for p in ready]
+        for item, result in zip(ready, results, strict=True):
+            item.result = result
         return [self._finish(p) for p in prepared]
 
-    def _prefetched(self, prepared: Iterable[_Prepared]) -> list[_Prepared]:
-        """Let the cascade describe the batch ahead (one forward pass for the embedding)."""
-        seen: list[_Prepared] = []
-
-        def ready() -> Iterator[tuple[str, str, ImageInput]]:
-            for item in prepared:
-                seen.append(item)
-                if item.error is None and item.event is not None and item.image is not None:
-                    yield item.event.tenant, item.event.image_id, item.image
-
-        images = ready()
-        try:
-            self.cascade.prefetch(images)
-        except Exception:  # only a speed-up: each check recomputes what is missing, and an
-            log.exception("batched prefetch failed")  # image that fails there is dead-lettered
-        for _ in images:  # whatever prefetch left unread
-            pass
-        return seen
-
     def handle(self, record: InputRecord) -> Verdict | DeadLetter:
-        return self._finish(self._prepare(record))
+        return self.handle_batch([record])[0]
+
+    def _check_alone(self, prepared: _Prepared) -> CascadeResult | Rejected:
+        event, image = prepared.event, prepared.image
+        try:
+            return self.cascade.check(event.tenant, event.image_id, image)  # type: ignore[union-attr]
+        except Rejected as error:
+            return error
+        except Exception as exc:
+            return self._unexpected(exc, prepared.record)
+
+    def handle_control(self, record: InputRecord) -> DeadLetter | None:
+        """Apply one control command; a dead letter if it is invalid or cannot be applied."""
+        try:
+            command = parse_control(record.value, max_event_bytes=self.settings.max_event_bytes)
+            if command.action == "remove":
+                removed = self.cascade.store.remove(command.tenant, command.image_ids)
+                log.warning("takedown for tenant %s: %d of %d images removed", command.tenant,
+                            removed, len(command.image_ids))
+            else:
+                self.cascade.add_to_bank(command.tenant, command.image_ids[0],
+                                         self.cascade.image(command.data or b""))
+            metrics.count_control(command.action)
+            return None
+        except Rejected as error:
+            return self._dead_letter(error, record, None)
+        except Exception as exc:
+            return self._dead_letter(self._unexpected(exc, record), record, None)
 
     def _prepare(self, record: InputRecord) -> _Prepared:
         prepared = _Prepared(record)
@@ -98,20 +113,15 @@ class Processor:
 
     def _finish(self, prepared: _Prepared) -> Verdict | DeadLetter:
         """Never raises: whatever went wrong becomes a dead letter and the stream moves on."""
-        event, image = prepared.event, prepared.image
-        if prepared.error is None and event is not None and image is not None:
-            try:
-                result = self.cascade.check(event.tenant, event.image_id, image)
-                return result.to_verdict(image_id=event.image_id, tenant=event.tenant,
-                                         worker=self.settings.worker_name,
-                                         model_version=self.cascade.model_version,
-                                         submitted_at=event.submitted_at, metadata=event.metadata)
-            except Rejected as error:
-                prepared.error = error
-            except Exception as exc:
-                prepared.error = self._unexpected(exc, prepared.record)
-        assert prepared.error is not None
-        return self._dead_letter(prepared.error, prepared.record, event)
+        event, result = prepared.event, prepared.result
+        if isinstance(result, CascadeResult) and event is not None:
+            return result.to_verdict(image_id=event.image_id, tenant=event.tenant,
+                                     worker=self.settings.worker_name,
+                                     model_version=self.cascade.model_version,
+                                     submitted_at=event.submitted_at, metadata=event.metadata)
+        error = prepared.error or result
+        assert isinstance(error, Rejected)
+        return self._dead_letter(error, prepared.record, event)
 
     @staticmethod
     def _unexpected(exc: Exception, record: InputRecord) -> Rejected:

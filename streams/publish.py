@@ -22,10 +22,11 @@ def file_events(files: Iterable[ImageFile], tenant: str, as_uri: bool = False) -
 
 
 class Publisher:
-    """A producer for image events that raises if the broker refused any of them."""
+    """A producer for image events (or, given ``topic``, control commands) that raises if the
+    broker refused any of them."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.topic = settings.input_topic
+    def __init__(self, settings: Settings, topic: str | None = None) -> None:
+        self.topic = topic or settings.input_topic
         self._producer = Producer(confluent_config(
             settings, **{"message.max.bytes": max_message_bytes(settings),
                          "linger.ms": 5, "enable.idempotence": False}))

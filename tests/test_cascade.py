@@ -50,7 +50,7 @@ def test_a_redelivered_image_never_matches_itself(samples) -> None:
     for _ in range(3):
         result = _check(cascade, samples[0])
         assert result.label == VerdictLabel.UNIQUE and result.match is None
-    assert cascade.size()["sha256"]["t"] == 1
+    assert cascade.store.size()["sha256"]["t"] == 1
 
 
 def test_top_k_lists_the_closest_candidates(samples) -> None:
@@ -71,8 +71,8 @@ def test_a_saved_cascade_remembers_its_images(samples, tmp_path: Path) -> None:
     first, second = in_upload_order(samples)
     for sample in first:
         _check(cascade, sample)
-    cascade.save(settings.state_path())
+    cascade.store.save(settings.state_path())
     restored = build_cascade(settings)
-    assert restored.size() == cascade.size()
+    assert restored.store.size() == cascade.store.size()
     for sample in second:
         assert _check(restored, sample).label.value == sample.expected_verdict

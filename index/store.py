@@ -1,0 +1,134 @@
+"""Where a cascade's indexes live: one protocol, kept in this process or split into shards.
+
+An image is stored as one :class:`Entry`: its signal for each stage that described it, the
+record of how it was judged when first indexed (so a re-delivered event gets the same verdict),
+and an ``order`` that breaks ties between equally close matches in favour of the earliest image.
+:class:`LocalStore` holds entries in memory, one index per stage and tenant; a shard of a
+sharded deployment is a ``LocalStore`` too (see streams/shards.py).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from dupwatch.index.protocol import Hit, Index
+from dupwatch.index.tenants import TenantIndexes
+
+_RECORDS_FILE = "records.json"
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """One image to look up: its signals for the stages to search."""
+    tenant: str
+    image_id: str
+    signals: dict[str, Any]
+
+
+@dataclass
+class Found:
+    """What the indexes hold for one lookup: hits per stage (never the image itself), and the
+    record stored with the image if it was indexed before (a re-delivery)."""
+    hits: dict[str, list[Hit]] = field(default_factory=dict)
+    earlier: dict | None = None
+
+    def merge(self, other: "Found", k: int) -> None:
+        """Fold in another shard's answer: the k closest per stage, earliest first on ties."""
+        for stage, hits in other.hits.items():
+            self.hits[stage] = sorted(self.hits.get(stage, []) + hits)[:k]
+        self.earlier = self.earlier or other.earlier
+
+
+@dataclass(frozen=True)
+class Entry:
+    tenant: str
+    image_id: str
+    signals: dict[str, Any]
+    record: dict
+    order: int
+
+
+class Store(Protocol):
+    round_trip: bool  # whether a lookup goes over the network (so stages should share one)
+
+    def lookup(self, queries: list[Lookup], k: int) -> list[Found]: ...
+
+    def add(self, entries: list[Entry]) -> None: ...
+
+    def remove(self, tenant: str, image_ids: list[str]) -> int:
+        """Forget these images in every stage's index (how many, where that is known)."""
+
+
+class LocalStore:
+    """Every stage's indexes for every tenant, in this process."""
+
+    round_trip = False
+
+    def __init__(self, new_indexes: dict[str, tuple[Callable[[], Index], Callable[[Path], Index]]]
+                 ) -> None:
+        self._new_indexes = new_indexes
+        self.indexes: dict[str, TenantIndexes] = {
+            stage: TenantIndexes(new, load) for stage, (new, load) in new_indexes.items()}
+        # (record, order) per tenant and image: for re-deliveries and for ties across shards
+        self._records: dict[str, dict[str, tuple[dict, int]]] = {}
+
+    def lookup(self, queries: list[Lookup], k: int) -> list[Found]:
+        return [self._lookup_one(query, k) for query in queries]
+
+    def _lookup_one(self, query: Lookup, k: int) -> Found:
+        records = self._records.get(query.tenant, {})
+        earlier = records.get(query.image_id)
+        # Bank entries have no record: they were loaded, never judged.
+        found = Found(earlier=earlier[0] if earlier and earlier[0] else None)
+        for stage, signal in query.signals.items():
+            index = self.indexes[stage].existing(query.tenant)
+            hits = index.search(signal, k + 1) if index is not None else []
+            # Orders from the entries, not the index: they compare across shards.
+            found.hits[stage] = sorted(Hit(hit.distance, records[hit.key][1], hit.key)
+                                       for hit in hits if hit.key != query.image_id)[:k]
+        return found
+
+    def add(self, entries: list[Entry]) -> None:
+        for entry in entries:
+            self.remove(entry.tenant, [entry.image_id])  # a re-index replaces every stage
+            for stage, signal in entry.signals.items():
+                self.indexes[stage].for_tenant(entry.tenant).add(entry.image_id, signal)
+            self._records.setdefault(entry.tenant, {})[entry.image_id] = (entry.record, entry.order)
+
+    def remove(self, tenant: str, image_ids: list[str]) -> int:
+        records = self._records.get(tenant, {})
+        removed = 0
+        for image_id in image_ids:
+            if records.pop(image_id, None) is None:
+                continue
+            removed += 1
+            for indexes in self.indexes.values():
+                index = indexes.existing(tenant)
+                if index is not None:
+                    index.remove(image_id)
+        return removed
+
+    def size(self) -> dict[str, dict[str, int]]:
+        return {stage: {tenant: len(index) for tenant, index in indexes.tenants()}
+                for stage, indexes in self.indexes.items()}
+
+    def save(self, path: Path) -> None:
+        for stage, indexes in self.indexes.items():
+            indexes.save(path / stage)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / _RECORDS_FILE).write_text(json.dumps(self._records))
+
+    def load(self, path: Path) -> None:
+        """Replace what is held with the snapshot under ``path``, if there is one."""
+        for stage, indexes in self.indexes.items():
+            indexes.load(path / stage)
+        records_file = path / _RECORDS_FILE
+        if records_file.is_file():
+            self._records = {tenant: {key: (record, order) for key, (record, order) in keys.items()}
+                             for tenant, keys in json.loads(records_file.read_text()).items()}
+
+    def empty_copy(self) -> "LocalStore":
+        """A new, empty store with the same stages (a shard, or a batch's own overlay)."""
+        return LocalStore(self._new_indexes)

@@ -1,0 +1,347 @@
+"""The index split into shards that follow Kafka partitions.
+
+Three topics, each with ``shards`` partitions (partition n is shard n):
+- ``<prefix>.changelog`` (compacted) holds every index update, keyed ``tenant/image_id``: an
+  image's entry (its signal for each stage and the verdict it got) or a tombstone (takedown).
+  It is the truth; a shard is whatever its partition says.
+- ``<prefix>.lookups``: a worker checking a batch sends the batch's lookup to every shard.
+- ``<prefix>.answers``: shards answer there, on the partition the asking worker reads.
+
+Every worker runs a :class:`ShardServer`: a member of the ``<group>.shards`` consumer group on
+the lookups topic, so Kafka's group assignment decides which worker hosts which shard. A shard
+it is given is rebuilt from the latest local snapshot plus the changelog's tail, and its lookups
+partition stays paused until then: a shard that has not caught up answers nothing, and the
+asking worker waits (and re-asks) rather than miss. Before answering, a shard applies the
+changelog up to its current end, so every update acknowledged before a lookup is seen by it.
+:class:`ShardClient` is the cascade's :class:`~dupwatch.index.Store` over those topics.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+import zlib
+from pathlib import Path
+from typing import Callable
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+
+from dupwatch.index import Entry, Found, LocalStore, Lookup
+from dupwatch.index.codec import (
+    decode_entry, decode_found, decode_lookups, dumps, encode_entry, encode_found, encode_lookups,
+    entry_key, shard_of, split_key,
+)
+from dupwatch.settings import Settings
+from dupwatch.streams.kafka import (
+    CHANGELOG_DELETE_RETENTION_MS, ShardTopics, confluent_config, max_message_bytes,
+)
+
+log = logging.getLogger(__name__)
+
+_OFFSET_FILE = "changelog-offset.json"
+_SIZES_EVERY_S = 5.0
+# Kafka may drop a tombstone delete.retention.ms after compaction: a snapshot older than that
+# could miss a takedown, so such snapshots are not used (the changelog alone rebuilds the shard).
+_SNAPSHOT_MAX_AGE_S = CHANGELOG_DELETE_RETENTION_MS / 1000 - 24 * 3600
+
+
+def _fast_consumer(settings: Settings, **extra: object) -> Consumer:
+    # Short fetch waits: a lookup is two hops, and a broker that holds a fetch until its
+    # maximum wait (as Tansu does) would otherwise add that wait to every hop.
+    return Consumer(confluent_config(settings, **{
+        "enable.auto.commit": False, "fetch.wait.max.ms": 5,
+        "fetch.max.bytes": max_message_bytes(settings) * 4,
+        "max.partition.fetch.bytes": max_message_bytes(settings), **extra}))
+
+
+class _Shard:
+    """One shard this worker hosts: its store, where it is in the changelog, and whether it
+    has caught up with the changelog's end as it was when the shard was assigned."""
+
+    def __init__(self, number: int, store: LocalStore, next_offset: int, caught_up_at: int) -> None:
+        self.number = number
+        self.store = store
+        self.next_offset = next_offset
+        self.caught_up_at = caught_up_at
+        self.answering = False  # its lookups partition is resumed
+
+    @property
+    def ready(self) -> bool:
+        return self.next_offset >= self.caught_up_at
+
+
+class ShardServer:
+    """Hosts the shards Kafka assigns to this worker and answers their lookups (own thread)."""
+
+    def __init__(self, settings: Settings, new_store: Callable[[], LocalStore]) -> None:
+        self.settings = settings
+        self.topics = ShardTopics.of(settings)
+        self._new_store = new_store
+        self._shards: dict[int, _Shard] = {}
+        self._lookups = _fast_consumer(settings, **{
+            "group.id": f"{settings.group_id}.shards", "auto.offset.reset": "latest",
+            "session.timeout.ms": int(settings.session_timeout_s * 1000),
+            "max.poll.interval.ms": max(int(settings.rebalance_timeout_s * 1000), 6000),
+            "heartbeat.interval.ms": int(min(3.0, settings.session_timeout_s / 3) * 1000)})
+        self._changelog = _fast_consumer(settings, **{"group.id": f"{settings.group_id}.changelog"})
+        self._answers = Producer(confluent_config(settings, **{
+            "linger.ms": 1, "message.max.bytes": max_message_bytes(settings) * 4}))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dupwatch-shards", daemon=True)
+        self._last_snapshot = self._last_sizes = time.monotonic()
+        # Entries per stage and tenant in each hosted shard, for the metrics (refreshed here,
+        # read from the web thread).
+        self.sizes: dict[int, dict[str, dict[str, int]]] = {}
+
+    def start(self) -> "ShardServer":
+        self._lookups.subscribe([self.topics.lookups], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    @property
+    def ready(self) -> bool:
+        """Every shard this worker hosts has caught up (false while one is rebuilding)."""
+        return all(shard.ready for shard in list(self._shards.values()))
+
+    def hosted(self) -> list[int]:
+        return sorted(self._shards)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._apply_changelog(timeout_s=0.0 if self._shards else 0.05)
+                requests = [m for m in self._lookups.consume(256, timeout=0.02) if not m.error()]
+                if requests:
+                    self._answer(requests)
+                self._tick()
+        except Exception:
+            log.exception("the shard server failed; this worker stops answering lookups")
+            raise
+        finally:
+            self._snapshot_all()
+            self._lookups.close()
+            self._changelog.close()
+            self._answers.flush(10)
+
+    # -- assignment: rebuild before answering, snapshot on the way out
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        consumer.assign(partitions)
+        consumer.pause(partitions)  # resumed shard by shard as each catches up
+        for tp in partitions:
+            self._shards[tp.partition] = self._recover(tp.partition)
+        self._reassign_changelog()
+        log.warning("hosting shards %s", self.hosted())
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            shard = self._shards.pop(tp.partition, None)
+            if shard is not None:
+                self._snapshot(shard)
+        self._reassign_changelog()
+
+    def _recover(self, number: int) -> _Shard:
+        store, next_offset = self._new_store(), OFFSET_BEGINNING
+        snapshot = self._snapshot_dir(number)
+        if snapshot is not None and (snapshot / _OFFSET_FILE).is_file():
+            saved = json.loads((snapshot / _OFFSET_FILE).read_text())
+            if time.time() - saved["saved_at"] < _SNAPSHOT_MAX_AGE_S:
+                store.load(snapshot)
+                next_offset = saved["next_offset"]
+        low, high = self._changelog.get_watermark_offsets(
+            TopicPartition(self.topics.changelog, number), timeout=30, cached=False)
+        start = low if next_offset == OFFSET_BEGINNING else max(next_offset, low)
+        log.warning("rebuilding shard %d from offset %d to %d", number, start, high)
+        return _Shard(number, store, start, high)
+
+    def _reassign_changelog(self) -> None:
+        self._changelog.assign([TopicPartition(self.topics.changelog, shard.number, shard.next_offset)
+                                for shard in self._shards.values()])
+
+    # -- the changelog: the shards' only writer
+
+    def _apply_changelog(self, timeout_s: float) -> None:
+        for message in self._changelog.consume(1024, timeout=timeout_s):
+            if message.error():
+                if message.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("changelog read error: %s", message.error())
+                continue
+            shard = self._shards.get(message.partition())
+            if shard is None or message.offset() < shard.next_offset:
+                continue  # revoked meanwhile, or already in the snapshot
+            apply(shard.store, message)
+            shard.next_offset = message.offset() + 1
+        for shard in self._shards.values():
+            if shard.ready and not shard.answering:
+                self._lookups.resume([TopicPartition(self.topics.lookups, shard.number)])
+                shard.answering = True
+                log.warning("shard %d caught up at changelog offset %d; answering lookups",
+                            shard.number, shard.next_offset)
+
+    def _catch_up(self, numbers: set[int]) -> None:
+        """Apply the changelog up to its current end for these shards."""
+        targets = {n: self._changelog.get_watermark_offsets(
+            TopicPartition(self.topics.changelog, n), timeout=30, cached=False)[1] for n in numbers}
+        while any(self._shards[n].next_offset < end for n, end in targets.items()
+                  if n in self._shards):
+            self._apply_changelog(timeout_s=0.05)
+
+    # -- lookups
+
+    def _answer(self, requests: list[Message]) -> None:
+        self._catch_up({m.partition() for m in requests if m.partition() in self._shards})
+        for message in requests:
+            shard = self._shards.get(message.partition())
+            if shard is None:
+                continue  # revoked: the asking worker re-asks the new host
+            request = json.loads(message.value())
+            found = shard.store.lookup(decode_lookups(request["queries"]), request["k"])
+            self._answers.produce(self.topics.answers, partition=request["reply_partition"],
+                                  value=dumps({"id": request["id"], "shard": shard.number,
+                                               "found": encode_found(found)}))
+        self._answers.poll(0)
+        self._answers.flush(30)
+
+    # -- snapshots
+
+    def _snapshot_dir(self, number: int) -> Path | None:
+        state = self.settings.state_path()
+        return state / "shards" / str(number) if state is not None else None
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sizes >= _SIZES_EVERY_S:
+            self._last_sizes = now
+            self.sizes = {n: shard.store.size() for n, shard in self._shards.items()}
+        interval = self.settings.snapshot_interval_s
+        if interval > 0 and now - self._last_snapshot >= interval:
+            self._snapshot_all()
+
+    def _snapshot_all(self) -> None:
+        self._last_snapshot = time.monotonic()
+        for shard in list(self._shards.values()):
+            self._snapshot(shard)
+
+    def _snapshot(self, shard: _Shard) -> None:
+        """Written beside, then swapped in: a crash mid-write leaves the previous snapshot."""
+        target = self._snapshot_dir(shard.number)
+        if target is None or not shard.ready:
+            return
+        partial = target.with_name(f"{target.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shard.store.save(partial)
+        (partial / _OFFSET_FILE).write_text(json.dumps(
+            {"next_offset": shard.next_offset, "saved_at": time.time()}))
+        old = target.with_name(f"{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            os.rename(target, old)
+        os.rename(partial, target)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def apply(store: LocalStore, message: Message) -> None:
+    """One changelog record into a shard: an entry replaces the image, a tombstone removes it."""
+    key = message.key()
+    if message.value() is None:
+        store.remove(*_tenant_and_ids(key))
+    else:
+        store.add([decode_entry(key, message.value())])
+
+
+def _tenant_and_ids(key: bytes) -> tuple[str, list[str]]:
+    tenant, image_id = split_key(key)
+    return tenant, [image_id]
+
+
+class ShardClient:
+    """The cascade's store when the index is sharded: lookups fan out to every shard and are
+    merged; updates are changelog records. Used from one thread (the cascade's)."""
+
+    round_trip = True
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = ShardTopics.of(settings)
+        self.shards = settings.shards
+        self._producer = Producer(confluent_config(settings, **{
+            "linger.ms": 1, "message.max.bytes": max_message_bytes(settings) * 4,
+            "enable.idempotence": True}))
+        self._answers = _fast_consumer(settings, **{"group.id": f"{settings.group_id}.answers"})
+        partitions = self._answers.list_topics(self.topics.answers, timeout=30) \
+            .topics[self.topics.answers].partitions
+        self._reply_partition = zlib.crc32(f"{settings.worker_name}/{uuid.uuid4()}".encode()) \
+            % len(partitions)
+        # From the end as it is now: an answer produced after this can never be skipped.
+        tp = TopicPartition(self.topics.answers, self._reply_partition)
+        tp.offset = self._answers.get_watermark_offsets(tp, timeout=30, cached=False)[1]
+        self._answers.assign([tp])
+
+    def lookup(self, queries: list[Lookup], k: int) -> list[Found]:
+        if not queries:
+            return []
+        request_id = uuid.uuid4().hex
+        request = dumps({"id": request_id, "reply_partition": self._reply_partition, "k": k,
+                         "queries": encode_lookups(queries)})
+        merged = [Found() for _ in queries]
+        waiting = set(range(self.shards))
+        while waiting:
+            for shard in waiting:
+                self._producer.produce(self.topics.lookups, value=request, partition=shard)
+            self._producer.flush(30)
+            waiting -= self._collect(request_id, waiting, merged, k)
+            if waiting:
+                log.warning("shards %s did not answer within %.0f s (rebalancing or rebuilding?); "
+                            "asking again", sorted(waiting), self.settings.lookup_retry_s)
+        return merged
+
+    def _collect(self, request_id: str, waiting: set[int], merged: list[Found], k: int) -> set[int]:
+        """Answers to this request until every shard in ``waiting`` has answered or time is up."""
+        answered: set[int] = set()
+        deadline = time.monotonic() + self.settings.lookup_retry_s
+        while answered != waiting and time.monotonic() < deadline:
+            for message in self._answers.consume(64, timeout=0.05):
+                if message.error():
+                    continue
+                answer = json.loads(message.value())
+                shard = answer["shard"]
+                if answer["id"] != request_id or shard not in waiting or shard in answered:
+                    continue  # another worker's (shared partition), or a resent duplicate
+                answered.add(shard)
+                for total, found in zip(merged, decode_found(answer["found"]), strict=True):
+                    total.merge(found, k)
+        return answered
+
+    def add(self, entries: list[Entry]) -> None:
+        for entry in entries:
+            self._write(entry.tenant, entry.image_id, encode_entry(entry))
+        self._flush()
+
+    def remove(self, tenant: str, image_ids: list[str]) -> int:
+        """Tombstones on every shard that holds one of them; returns how many were written."""
+        for image_id in image_ids:
+            self._write(tenant, image_id, None)
+        self._flush()
+        return len(image_ids)
+
+    def _write(self, tenant: str, image_id: str, value: bytes | None) -> None:
+        self._producer.produce(self.topics.changelog, key=entry_key(tenant, image_id), value=value,
+                               partition=shard_of(tenant, image_id, self.shards))
+
+    def _flush(self) -> None:
+        """Until the broker has every update: the verdicts go out only after their updates."""
+        while self._producer.flush(30) > 0:
+            log.warning("changelog writes not acknowledged yet; waiting for the broker")
+
+    def close(self) -> None:
+        self._flush()
+        self._answers.close()

@@ -1,0 +1,288 @@
+"""The sharded index: real worker processes sharing one broker, each hosting some shards."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from PIL import Image
+
+from dupwatch.detectors import build_cascade
+from dupwatch.index import LocalStore, Lookup
+from dupwatch.index.codec import decode_entry
+from dupwatch.schemas import ImageEvent
+from dupwatch.settings import Settings
+from dupwatch.streams.follow import TopicReader
+from dupwatch.streams.kafka import ShardTopics, confluent_config, ensure_topics
+from dupwatch.streams.publish import Publisher, file_events
+from dupwatch.streams.samples import Sample, in_upload_order
+from dupwatch.streams.shards import apply
+from dupwatch.streams.worker_process import WorkerProcess
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+SHARDS = 3
+
+
+def _sharded(settings: Settings, **changes) -> Settings:
+    run = uuid.uuid4().hex[:8]
+    return settings.replace(shards=SHARDS, partitions=3, index_topic_prefix=f"t{run}.index",
+                            control_topic=f"t{run}.control", snapshot_interval_s=2.0,
+                            lookup_retry_s=3.0, **changes)
+
+
+def _start_workers(worker_factory, settings: Settings, tmp_path: Path, names: list[str]
+                   ) -> dict[str, WorkerProcess]:
+    return {name: worker_factory(settings.replace(worker_name=name,
+                                                  state_dir=str(tmp_path / f"state-{name}")), name)
+            for name in names}
+
+
+def _wait_ready(workers, timeout_s: float = 120.0) -> None:
+    """Until every worker's /readyz says ready (joined, and its shards caught up)."""
+    deadline = time.monotonic() + timeout_s
+    for worker in workers:
+        url = f"http://127.0.0.1:{worker.settings.web_port}/readyz"
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"{worker.settings.worker_name} never got ready"
+            time.sleep(0.5)
+
+
+def _publish(settings: Settings, events: list[ImageEvent]) -> None:
+    publisher = Publisher(settings)
+    for event in events:
+        publisher.publish(event)
+    publisher.close()
+
+
+def _verdicts(reader: TopicReader, count: int) -> list[dict]:
+    records = list(reader.records(max_records=count, idle_timeout_s=120))
+    assert len(records) == count, f"{count - len(records)} events got no verdict"
+    return [record.document for record in records]
+
+
+def _events(samples: list[Sample], tenant: str) -> list[ImageEvent]:
+    return list(file_events([s.file for s in samples], tenant))
+
+
+@dataclass
+class Cluster:
+    settings: Settings
+    workers: dict[str, WorkerProcess]
+    reader: TopicReader
+    first_wave: dict[str, dict]    # image_id -> verdict
+    second_wave: dict[str, dict]
+
+
+@pytest.fixture
+def cluster(stream_settings: Settings, worker_factory, tmp_path: Path, samples) -> Cluster:
+    """Three workers; originals in wave 1, their copies (and another tenant) in wave 2."""
+    settings = _sharded(stream_settings)
+    ensure_topics(settings)
+    workers = _start_workers(worker_factory, settings, tmp_path, ["w0", "w1", "w2"])
+    _wait_ready(workers.values())
+    first, second = in_upload_order(samples)
+    with TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
+        _publish(settings, _events(first, "shop"))
+        first_wave = {v["image_id"]: v for v in _verdicts(reader, len(first))}
+        _publish(settings, _events(second, "shop") + _events(first[:1], "other"))
+        second_wave = {f"{v['tenant']}/{v['image_id']}": v
+                       for v in _verdicts(reader, len(second) + 1)}
+        yield Cluster(settings, workers, reader, first_wave, second_wave)
+
+
+def test_copies_are_found_across_workers_and_tenants_never_mix(cluster: Cluster, samples) -> None:
+    first, second = in_upload_order(samples)
+    assert all(v["verdict"] == "unique" for v in cluster.first_wave.values())
+    assert len(cluster.second_wave) == len(second) + 1  # one verdict each
+    for sample in second:
+        verdict = cluster.second_wave[f"shop/{sample.file.image_id}"]
+        assert verdict["verdict"] == sample.expected_verdict, sample.file.image_id
+        if sample.expected_verdict != "unique":
+            assert verdict["match_id"] == sample.source, sample.file.image_id
+    # the same bytes in another tenant: unique, whatever the shop tenant holds
+    other = cluster.second_wave[f"other/{first[0].file.image_id}"]
+    assert other["verdict"] == "unique" and other["match_id"] is None
+    # Copies were judged by other workers than their originals: the index is shared.
+    crossed = [image_id for image_id, v in cluster.second_wave.items() if v["match_id"]
+               and cluster.first_wave[v["match_id"]]["worker"] != v["worker"]]
+    assert crossed, "no copy was checked by a worker other than its original's"
+
+
+def test_a_redelivered_event_gets_the_same_verdict(cluster: Cluster, samples) -> None:
+    _, second = in_upload_order(samples)
+    again = [s for s in second if s.expected_verdict != "unique"][:4]
+    _publish(cluster.settings, _events(again, "shop"))
+    for verdict in _verdicts(cluster.reader, len(again)):
+        first = cluster.second_wave[f"shop/{verdict['image_id']}"]
+        same = ("verdict", "match_id", "stage", "score", "distance")
+        assert {k: verdict[k] for k in same} == {k: first[k] for k in same}
+        assert verdict["match_id"] != verdict["image_id"]
+
+
+def test_a_takedown_removes_an_image_from_every_shard(cluster: Cluster, samples) -> None:
+    first, second = in_upload_order(samples)
+    original = first[0]
+    family = [original.file.image_id] + [s.file.image_id for s in second
+                                         if s.source == original.file.image_id]
+    subprocess.run([sys.executable, "-m", "dupwatch", "remove", "--tenant", "shop", *family],
+                   env={**os.environ, **cluster.settings.to_env()}, check=True, timeout=60,
+                   capture_output=True)
+    _wait_for_tombstones(cluster.settings, "shop", family)
+    copy = ImageEvent(image_id="after-takedown.jpg", tenant="shop",
+                      data=original.file.path.read_bytes())
+    _publish(cluster.settings, [copy])
+    [verdict] = _verdicts(cluster.reader, 1)
+    assert verdict["verdict"] == "unique", verdict
+
+
+def _wait_for_tombstones(settings: Settings, tenant: str, image_ids: list[str]) -> None:
+    wanted = {f"{tenant}/{image_id}" for image_id in image_ids}
+    deadline = time.monotonic() + 60
+    while wanted:
+        assert time.monotonic() < deadline, f"no tombstones for {sorted(wanted)}"
+        wanted -= {key for key, value in _changelog(settings) if value is None}
+        time.sleep(0.5)
+
+
+def _changelog(settings: Settings, partition: int | None = None) -> list[tuple[str, bytes | None]]:
+    """(key, value) of every changelog record so far (of one partition, if given)."""
+    partitions = [partition] if partition is not None else list(range(settings.shards))
+    return [(m.key().decode(), m.value()) for m in _read_changelog(settings, partitions)]
+
+
+def _read_changelog(settings: Settings, partitions: list[int]) -> Iterator[Message]:
+    """Every record of these changelog partitions, up to their ends as they are now."""
+    topic = ShardTopics.of(settings).changelog
+    consumer = Consumer(confluent_config(settings, **{"group.id": "test-changelog",
+                                                      "enable.auto.commit": False}))
+    for partition in partitions:
+        end = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)[1]
+        consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
+        read = 0
+        while read < end:
+            for message in consumer.consume(500, timeout=1):
+                if not message.error():
+                    read = message.offset() + 1
+                    yield message
+    consumer.close()
+
+
+def test_bank_mode_checks_against_the_bank_and_never_indexes(
+        stream_settings: Settings, worker_factory, tmp_path: Path, samples) -> None:
+    settings = _sharded(stream_settings, match_only_tenants=["mod"])
+    ensure_topics(settings)
+    workers = _start_workers(worker_factory, settings, tmp_path, ["b0", "b1"])
+    first, second = in_upload_order(samples)
+    originals = [s for s in first if s.role == "original"]
+    subprocess.run([sys.executable, "-m", "dupwatch", "bank", "add", "--tenant", "mod",
+                    *[str(s.file.path) for s in originals]],
+                   env={**os.environ, **settings.to_env()}, check=True, timeout=60,
+                   capture_output=True)
+    deadline = time.monotonic() + 120
+    while len({key for key, value in _changelog(settings) if value}) < len(originals):
+        assert time.monotonic() < deadline, "the bank was never loaded"
+        time.sleep(0.5)
+    _wait_ready(workers.values())
+    exact = [s for s in second if s.transform == "exact"]
+    # The same upload twice under two ids: the second matches the bank, not the first upload.
+    uploads = [ImageEvent(f"upload-{n}-{s.file.image_id}", "mod", s.file.path.read_bytes())
+               for n in (1, 2) for s in exact]
+    with TopicReader(settings, [settings.verdict_topic]) as reader:
+        _publish(settings, uploads)
+        verdicts = _verdicts(reader, len(uploads))
+    for verdict in verdicts:
+        source = next(s.source for s in exact if verdict["image_id"].endswith(s.file.image_id))
+        assert verdict["verdict"] == "exact_duplicate"
+        assert Path(verdict["match_id"]).name == Path(source).name  # a bank image
+    assert not any(key.startswith("mod/upload-") for key, _ in _changelog(settings))
+
+
+def test_a_killed_worker_loses_nothing_and_its_shards_are_rebuilt(
+        stream_settings: Settings, worker_factory, tmp_path: Path, samples) -> None:
+    settings = _sharded(stream_settings)
+    ensure_topics(settings)
+    workers = _start_workers(worker_factory, settings, tmp_path, ["k0", "k1", "k2"])
+    _wait_ready(workers.values())
+    events = _distinct_events(samples, 90)
+    with TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
+        _publish(settings, events[:45])
+        seen = [r.document for r in reader.records(max_records=15, idle_timeout_s=120)]
+        workers["k0"].kill()  # SIGKILL, in the middle of the stream
+        _publish(settings, events[45:])
+        seen += [r.document for r in reader.records(idle_timeout_s=45)]
+    by_id: dict[str, list[dict]] = {}
+    for verdict in seen:
+        by_id.setdefault(verdict["image_id"], []).append(verdict)
+    assert set(by_id) == {e.image_id for e in events}, "events without a verdict"
+    assert all(v["match_id"] != v["image_id"] for v in seen), "a self-match"
+    # Re-deliveries of an indexed image repeat its verdict.
+    for verdicts in by_id.values():
+        assert len({(v["verdict"], v["match_id"]) for v in verdicts}) == 1, verdicts
+    replacement = worker_factory(settings.replace(worker_name="k3",
+                                                  state_dir=str(tmp_path / "state-k3")), "k3")
+    _wait_ready([replacement, workers["k1"], workers["k2"]])
+    for name in ("k1", "k2", "k3"):
+        (workers.get(name) or replacement).stop()  # snapshots its shards on the way out
+    snapshots = sorted(tmp_path.glob("state-k[123]/shards/[0-9]*"))
+    assert {int(p.name) for p in snapshots} == set(range(SHARDS))
+    for snapshot in snapshots:
+        assert _same_shard(_restored(snapshot), _rebuilt(settings, int(snapshot.name)),
+                           settings, int(snapshot.name))
+
+
+def _distinct_events(samples: list[Sample], count: int) -> list[ImageEvent]:
+    """Distinct uploads: each photo at several sizes (copies of one another, to the cascade)."""
+    photos = [s for s in samples if s.role != "copy"]
+    events = []
+    for number in range(count):
+        sample = photos[number % len(photos)]
+        image = Image.open(sample.file.path).convert("RGB")
+        side = 120 + 8 * (number // len(photos))
+        image.thumbnail((side, side))
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=90)
+        events.append(ImageEvent(f"e{number:03d}.jpg", "shop", buffer.getvalue()))
+    return events
+
+
+def _new_store(settings: Settings) -> LocalStore:
+    return build_cascade(settings.replace(state_dir="")).new_local_store()
+
+
+def _restored(snapshot: Path) -> LocalStore:
+    store = _new_store(Settings())
+    store.load(snapshot)
+    return store
+
+
+def _rebuilt(settings: Settings, shard: int) -> LocalStore:
+    """The shard as its whole changelog partition says, applied from the start."""
+    store = _new_store(settings)
+    for message in _read_changelog(settings, [shard]):
+        apply(store, message)
+    return store
+
+
+def _same_shard(restored: LocalStore, rebuilt: LocalStore, settings: Settings, shard: int) -> bool:
+    """Same images with the same records, and the same answers to every stored image's lookup."""
+    if restored.size() != rebuilt.size():
+        return False
+    entries = [decode_entry(key.encode(), value) for key, value in _changelog(settings, shard)
+               if value is not None]
+    queries = [Lookup(e.tenant, e.image_id, e.signals) for e in entries]
+    return restored.lookup(queries, 8) == rebuilt.lookup(queries, 8)
