@@ -8,7 +8,7 @@ from collections import Counter
 from dupwatch import __version__
 from dupwatch.settings import Settings
 
-ALL_GROUPS = ["kafka", "topics", "detection", "limits", "worker"]
+ALL_GROUPS = ["kafka", "topics", "detection", "limits", "worker", "sharding"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +57,32 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--as-uri", action="store_true",
                          help="send file:// URIs instead of the bytes (the worker must have the "
                               "files under its --uri-roots)")
+
+    remove = _command(commands, "remove", _remove, ["kafka", "topics", "sharding"],
+                      "Take images down: they leave every stage's index, so later copies no "
+                      "longer match them.",
+                      "Publishes a remove command to the control topic; a worker applies it "
+                      "between batches (with a sharded index: as tombstones in the changelog, "
+                      "on whichever shard holds each image). Images that were never indexed "
+                      "are ignored.")
+    remove.add_argument("image_ids", nargs="+", metavar="IMAGE_ID", help="ids of the images")
+    remove.add_argument("--tenant", required=True, help="tenant the images belong to")
+
+    bank = commands.add_parser("bank", help="Manage moderation banks: curated images that "
+                                            "match-only tenants are checked against.",
+                               description="A bank is a tenant's set of curated images (e.g. "
+                                           "removed content). Name the tenant in "
+                                           "--match-only-tenants so its uploads are checked "
+                                           "against the bank but never indexed themselves.")
+    bank_commands = bank.add_subparsers(dest="bank_command", metavar="ACTION", required=True)
+    bank_add = _command(bank_commands, "add", _bank_add, ["kafka", "topics", "sharding", "limits"],
+                        "Load image files into a tenant's bank.",
+                        "Each file becomes one bank_add command on the control topic; a worker "
+                        "indexes it under every stage, with no verdict. A directory is walked in "
+                        "sorted order and its files are named by their path inside it. Take an "
+                        "image out of the bank with `dupwatch remove`.")
+    bank_add.add_argument("paths", nargs="+", metavar="PATH", help="image files or directories")
+    bank_add.add_argument("--tenant", required=True, help="the bank's tenant")
 
     verdicts = _command(commands, "verdicts", _verdicts, ["kafka", "topics"],
                         "Follow the verdict topic and print verdicts as a table or JSON lines.",
@@ -205,6 +231,41 @@ def _publish(settings: Settings, args: argparse.Namespace) -> int:
     publisher.close()
     print(f"published {len(files)} images to {settings.input_topic}", file=sys.stderr)
     return 0
+
+
+def _remove(settings: Settings, args: argparse.Namespace) -> int:
+    from dupwatch.schemas import ControlCommand
+
+    _send_commands(settings, [ControlCommand("remove", args.tenant, args.image_ids)])
+    print(f"asked the workers to remove {len(args.image_ids)} images of tenant {args.tenant} "
+          f"(via {settings.control_topic})", file=sys.stderr)
+    return 0
+
+
+def _bank_add(settings: Settings, args: argparse.Namespace) -> int:
+    from dupwatch.schemas import ControlCommand
+    from dupwatch.streams.sources import image_files
+
+    files = image_files(args.paths)
+    _send_commands(settings, (ControlCommand("bank_add", args.tenant, [f.image_id], f.path.read_bytes())
+                              for f in files), total=len(files))
+    print(f"sent {len(files)} images to the bank of tenant {args.tenant} "
+          f"(via {settings.control_topic})", file=sys.stderr)
+    return 0
+
+
+def _send_commands(settings: Settings, commands, total: int = 1) -> None:
+    from dupwatch.streams.kafka import ensure_topics
+    from dupwatch.streams.progress import Progress, wanted
+    from dupwatch.streams.publish import Publisher
+
+    ensure_topics(settings)
+    publisher = Publisher(settings, topic=settings.control_topic)
+    with Progress(total, "sent", enabled=wanted() and total > 1) as bar:
+        for command in commands:
+            publisher.publish_raw(command.to_json(), key=command.tenant.encode())
+            bar.advance()
+    publisher.close()
 
 
 def _verdicts(settings: Settings, args: argparse.Namespace) -> int:
