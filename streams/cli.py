@@ -148,6 +148,18 @@ def _parser() -> argparse.ArgumentParser:
                             help="events per measurement (photos are reused with unique bytes)")
     throughput.add_argument("--out", default="bench-throughput.json", metavar="FILE",
                             help="where to write the JSON results")
+    workers = _command(benches, "workers", _bench_workers, ["detection", "limits", "sharding"],
+                       "End-to-end images/s with 1, 2, 3... workers sharing a sharded index.",
+                       "For each count: an embedded broker and that many worker processes with "
+                       "--shards shards between them (default: the largest count), all ready "
+                       "before the clock starts; events published as fast as possible, timed "
+                       "to the last verdict. Reports images/s and latency per count.")
+    workers.add_argument("--counts", default="1,2,3", metavar="N,N",
+                         help="worker counts to measure")
+    workers.add_argument("--events", type=int, default=1000, metavar="N",
+                         help="events per measurement (bundled photos, unique bytes each)")
+    workers.add_argument("--out", default="bench-workers.json", metavar="FILE",
+                         help="where to write the JSON results")
     quality = _command(benches, "quality", _bench_quality, ["detection", "limits"],
                        "Detection quality per transform on held-out real photos.",
                        "Builds references, transformed copies (18 families: crops, rotations, "
@@ -174,6 +186,29 @@ def _parser() -> argparse.ArgumentParser:
                            help="images per measurement")
     embedding.add_argument("--out", default="bench-embedding.json", metavar="FILE",
                            help="where to write the JSON results")
+    soak = _command(benches, "soak", _bench_soak, ["kafka", "detection", "limits"],
+                    "Sustained traffic into one worker: loss, lag, memory and latency over time.",
+                    "Publishes a steady mix for --minutes (50% new pictures cut from the "
+                    "photos, 20% exact copies, 20% edited copies, 10% bad input) to one "
+                    "worker process and samples every 5 s: published vs verdicts and dead "
+                    "letters received, outstanding events, the worker's consumer lag, index "
+                    "size and RSS, the broker's RSS and the latency. Reports missing events, "
+                    "p50/p99 latency and RSS growth after --warmup-minutes. Uses an embedded "
+                    "broker unless --bootstrap-servers is given on the command line. Exit "
+                    "status 1 when an event got no verdict or dead letter.")
+    soak.add_argument("--minutes", type=float, default=30.0, metavar="N",
+                      help="how long to publish (then it waits for the last verdicts)")
+    soak.add_argument("--rate", type=float, default=None, metavar="R",
+                      help="events/s to publish; default: 70%% of this mix's capacity, measured "
+                           "first by letting the worker drain 2000 events of it (most need the "
+                           "embedding, so it is well below `bench throughput`'s figures)")
+    soak.add_argument("--warmup-minutes", type=float, default=2.0, metavar="N",
+                      help="first minutes not counted in RSS growth (at most half the run)")
+    soak.add_argument("--images", default=None, metavar="DIR",
+                      help="photos to cut new pictures from (default: the bundled originals "
+                           "and unrelated photos)")
+    soak.add_argument("--out", default="bench-soak.json", metavar="FILE",
+                      help="where to write the JSON results (summary and time series)")
 
     train = _command(commands, "train", _train, [],
                      "Train the siamese encoder on a folder of real photos.",
@@ -335,6 +370,18 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_workers(settings: Settings, args: argparse.Namespace) -> int:
+    from dupwatch.bench.workers import run_workers_bench
+    return run_workers_bench(settings, [int(n) for n in args.counts.split(",")], args.events,
+                             args.out)
+
+
 def _bench_throughput(settings: Settings, args: argparse.Namespace) -> int:
     from dupwatch.bench.throughput import run_throughput_bench
     return run_throughput_bench(settings, args.images, args.count, args.out)
+
+
+def _bench_soak(settings: Settings, args: argparse.Namespace) -> int:
+    from dupwatch.bench.soak import run_soak_bench
+    return run_soak_bench(settings, args.minutes, args.rate, args.warmup_minutes, args.images,
+                          own_broker=args.bootstrap_servers is None, out=args.out)

@@ -30,7 +30,7 @@ from typing import Callable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 
-from dupwatch.index import Entry, Found, LocalStore, Lookup
+from dupwatch.index import Entry, Found, LocalStore, Lookup, set_search_threads
 from dupwatch.index.codec import (
     decode_entry, decode_found, decode_lookups, dumps, encode_entry, encode_found, encode_lookups,
     entry_key, shard_of, split_key,
@@ -82,6 +82,7 @@ class ShardServer:
         self.topics = ShardTopics.of(settings)
         self._new_store = new_store
         self._shards: dict[int, _Shard] = {}
+        self._kept_from_revoke: dict[int, _Shard] = {}
         self._lookups = _fast_consumer(settings, **{
             "group.id": f"{settings.group_id}.shards", "auto.offset.reset": "latest",
             "session.timeout.ms": int(settings.session_timeout_s * 1000),
@@ -116,10 +117,13 @@ class ShardServer:
         return sorted(self._shards)
 
     def _run(self) -> None:
+        # OpenMP's thread count is per calling thread; idle OpenMP threads would spin-wait
+        # beside the decode threads (see dupwatch.index.set_search_threads).
+        set_search_threads(self.settings.search_threads)
         try:
             while not self._stop.is_set():
-                self._apply_changelog(timeout_s=0.0 if self._shards else 0.05)
-                requests = [m for m in self._lookups.consume(256, timeout=0.02) if not m.error()]
+                self._apply_changelog(timeout_s=0.0)
+                requests = [m for m in _drain(self._lookups, 0.005, 256) if not m.error()]
                 if requests:
                     self._answer(requests)
                 self._tick()
@@ -127,6 +131,8 @@ class ShardServer:
             log.exception("the shard server failed; this worker stops answering lookups")
             raise
         finally:
+            for shard in self._kept_from_revoke.values():
+                self._snapshot(shard)
             self._snapshot_all()
             self._lookups.close()
             self._changelog.close()
@@ -135,19 +141,36 @@ class ShardServer:
     # -- assignment: rebuild before answering, snapshot on the way out
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Lookups sent while a shard rebuilds are answered once it has caught up: start each
+        # partition at its end as it is now, not wherever "latest" is when it resumes.
+        for tp in partitions:
+            tp.offset = consumer.get_watermark_offsets(tp, timeout=30, cached=False)[1]
         consumer.assign(partitions)
         consumer.pause(partitions)  # resumed shard by shard as each catches up
         for tp in partitions:
-            self._shards[tp.partition] = self._recover(tp.partition)
+            self._shards[tp.partition] = self._kept(tp.partition) or self._recover(tp.partition)
+        for shard in self._kept_from_revoke.values():  # gone elsewhere: keep them on disk
+            self._snapshot(shard)
+        self._kept_from_revoke = {}
         self._reassign_changelog()
         log.warning("hosting shards %s", self.hosted())
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Shards are kept in memory until the next assignment: a rebalance usually hands
+        most of them straight back, and those then only catch up instead of rebuilding."""
         for tp in partitions:
             shard = self._shards.pop(tp.partition, None)
             if shard is not None:
-                self._snapshot(shard)
+                self._kept_from_revoke[tp.partition] = shard
         self._reassign_changelog()
+
+    def _kept(self, number: int) -> _Shard | None:
+        shard = self._kept_from_revoke.pop(number, None)
+        if shard is not None:
+            shard.caught_up_at = self._changelog.get_watermark_offsets(
+                TopicPartition(self.topics.changelog, number), timeout=30, cached=False)[1]
+            shard.answering = False
+        return shard
 
     def _recover(self, number: int) -> _Shard:
         store, next_offset = self._new_store(), OFFSET_BEGINNING
@@ -170,7 +193,7 @@ class ShardServer:
     # -- the changelog: the shards' only writer
 
     def _apply_changelog(self, timeout_s: float) -> None:
-        for message in self._changelog.consume(1024, timeout=timeout_s):
+        for message in _drain(self._changelog, timeout_s, 1024):
             if message.error():
                 if message.error().code() != KafkaError._PARTITION_EOF:
                     log.warning("changelog read error: %s", message.error())
@@ -181,24 +204,40 @@ class ShardServer:
             apply(shard.store, message)
             shard.next_offset = message.offset() + 1
         for shard in self._shards.values():
+            if not shard.answering:
+                # Also the end the latest fetch reported: some brokers' offset lists (Tansu's)
+                # give the last record batch's first offset + 1, short of its last record.
+                end = self._changelog.get_watermark_offsets(
+                    TopicPartition(self.topics.changelog, shard.number), cached=True)
+                shard.caught_up_at = max(shard.caught_up_at, end[1] if end else 0)
             if shard.ready and not shard.answering:
                 self._lookups.resume([TopicPartition(self.topics.lookups, shard.number)])
                 shard.answering = True
                 log.warning("shard %d caught up at changelog offset %d; answering lookups",
                             shard.number, shard.next_offset)
 
-    def _catch_up(self, numbers: set[int]) -> None:
-        """Apply the changelog up to its current end for these shards."""
-        targets = {n: self._changelog.get_watermark_offsets(
-            TopicPartition(self.topics.changelog, n), timeout=30, cached=False)[1] for n in numbers}
-        while any(self._shards[n].next_offset < end for n, end in targets.items()
-                  if n in self._shards):
+    def _catch_up(self, requests: list[Message]) -> None:
+        """Apply the changelog, for the shards asked, up to the end as this worker last heard
+        it from the broker and past every update the askers wrote before asking."""
+        targets: dict[int, int] = {}
+        for message in requests:
+            shard = self._shards.get(message.partition())
+            if shard is None:
+                continue
+            after = json.loads(message.value()).get("after", {}).get(str(shard.number), 0)
+            # cached: the end the last fetch reported (milliseconds old), no broker round trip
+            end = self._changelog.get_watermark_offsets(
+                TopicPartition(self.topics.changelog, shard.number), cached=True)
+            targets[shard.number] = max(targets.get(shard.number, 0), after,
+                                        end[1] if end and end[1] >= 0 else 0)
+        while any(n in self._shards and self._shards[n].next_offset < target
+                  for n, target in targets.items()):
             self._apply_changelog(timeout_s=0.05)
 
     # -- lookups
 
     def _answer(self, requests: list[Message]) -> None:
-        self._catch_up({m.partition() for m in requests if m.partition() in self._shards})
+        self._catch_up(requests)
         for message in requests:
             shard = self._shards.get(message.partition())
             if shard is None:
@@ -208,8 +247,7 @@ class ShardServer:
             self._answers.produce(self.topics.answers, partition=request["reply_partition"],
                                   value=dumps({"id": request["id"], "shard": shard.number,
                                                "found": encode_found(found)}))
-        self._answers.poll(0)
-        self._answers.flush(30)
+        self._answers.poll(0)  # sent in the background; flushed when the server stops
 
     # -- snapshots
 
@@ -249,6 +287,13 @@ class ShardServer:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _drain(consumer: Consumer, timeout_s: float, limit: int) -> list[Message]:
+    """What has arrived, waiting at most ``timeout_s`` for the first message (``consume``
+    alone would wait the whole timeout for ``limit`` messages)."""
+    first = consumer.poll(timeout_s)
+    return [] if first is None else [first, *consumer.consume(limit - 1, timeout=0)]
+
+
 def apply(store: LocalStore, message: Message) -> None:
     """One changelog record into a shard: an entry replaces the image, a tombstone removes it."""
     key = message.key()
@@ -273,6 +318,7 @@ class ShardClient:
         self.settings = settings
         self.topics = ShardTopics.of(settings)
         self.shards = settings.shards
+        self._written: dict[int, int] = {}  # changelog partition -> offset after our last write
         self._producer = Producer(confluent_config(settings, **{
             "linger.ms": 1, "message.max.bytes": max_message_bytes(settings) * 4,
             "enable.idempotence": True}))
@@ -291,13 +337,14 @@ class ShardClient:
             return []
         request_id = uuid.uuid4().hex
         request = dumps({"id": request_id, "reply_partition": self._reply_partition, "k": k,
+                         "after": {str(n): offset for n, offset in self._written.items()},
                          "queries": encode_lookups(queries)})
         merged = [Found() for _ in queries]
         waiting = set(range(self.shards))
         while waiting:
             for shard in waiting:
                 self._producer.produce(self.topics.lookups, value=request, partition=shard)
-            self._producer.flush(30)
+            self._producer.poll(0)
             waiting -= self._collect(request_id, waiting, merged, k)
             if waiting:
                 log.warning("shards %s did not answer within %.0f s (rebalancing or rebuilding?); "
@@ -309,7 +356,7 @@ class ShardClient:
         answered: set[int] = set()
         deadline = time.monotonic() + self.settings.lookup_retry_s
         while answered != waiting and time.monotonic() < deadline:
-            for message in self._answers.consume(64, timeout=0.05):
+            for message in _drain(self._answers, 0.05, 64):
                 if message.error():
                     continue
                 answer = json.loads(message.value())
@@ -335,7 +382,15 @@ class ShardClient:
 
     def _write(self, tenant: str, image_id: str, value: bytes | None) -> None:
         self._producer.produce(self.topics.changelog, key=entry_key(tenant, image_id), value=value,
-                               partition=shard_of(tenant, image_id, self.shards))
+                               partition=shard_of(tenant, image_id, self.shards),
+                               on_delivery=self._written_at)
+
+    def _written_at(self, error: KafkaError | None, message: Message) -> None:
+        """Remember how far this worker has written each shard: its next lookup waits for the
+        shard to have applied that much, so a batch always sees the batches before it."""
+        if error is None:
+            self._written[message.partition()] = max(self._written.get(message.partition(), 0),
+                                                     message.offset() + 1)
 
     def _flush(self) -> None:
         """Until the broker has every update: the verdicts go out only after their updates."""

@@ -5,6 +5,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -43,6 +45,24 @@ class WorkerProcess:
         if self._log:
             self._log.close()
         return code
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Until the worker's /readyz answers 200 (group joined, any shards caught up)."""
+        url = f"http://127.0.0.1:{self.settings.web_port}/readyz"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:  # not listening yet, or 503 (not ready)
+                pass
+            if self.process is None or self.process.poll() is not None:
+                raise RuntimeError(f"worker {self.settings.worker_name} exited before it was ready")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker {self.settings.worker_name} not ready "
+                                   f"after {timeout_s:.0f}s")
+            time.sleep(0.5)
 
     def kill(self) -> None:
         if self.process is not None:

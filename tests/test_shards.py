@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -25,7 +25,8 @@ from dupwatch.streams.follow import TopicReader
 from dupwatch.streams.kafka import ShardTopics, confluent_config, ensure_topics
 from dupwatch.streams.publish import Publisher, file_events
 from dupwatch.streams.samples import Sample, in_upload_order
-from dupwatch.streams.shards import apply
+from dupwatch.streams.shards import ShardClient, ShardServer, apply
+from dupwatch.streams.broker import free_port
 from dupwatch.streams.worker_process import WorkerProcess
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -34,9 +35,10 @@ SHARDS = 3
 
 def _sharded(settings: Settings, **changes) -> Settings:
     run = uuid.uuid4().hex[:8]
-    return settings.replace(shards=SHARDS, partitions=3, index_topic_prefix=f"t{run}.index",
-                            control_topic=f"t{run}.control", snapshot_interval_s=2.0,
-                            lookup_retry_s=3.0, **changes)
+    return settings.replace(**{"shards": SHARDS, "partitions": 3,
+                               "index_topic_prefix": f"t{run}.index",
+                               "control_topic": f"t{run}.control", "snapshot_interval_s": 2.0,
+                               "lookup_retry_s": 3.0, **changes})
 
 
 def _start_workers(worker_factory, settings: Settings, tmp_path: Path, names: list[str]
@@ -46,20 +48,9 @@ def _start_workers(worker_factory, settings: Settings, tmp_path: Path, names: li
             for name in names}
 
 
-def _wait_ready(workers, timeout_s: float = 120.0) -> None:
-    """Until every worker's /readyz says ready (joined, and its shards caught up)."""
-    deadline = time.monotonic() + timeout_s
+def _wait_ready(workers) -> None:
     for worker in workers:
-        url = f"http://127.0.0.1:{worker.settings.web_port}/readyz"
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"{worker.settings.worker_name} never got ready"
-            time.sleep(0.5)
+        worker.wait_ready()
 
 
 def _publish(settings: Settings, events: list[ImageEvent]) -> None:
@@ -88,21 +79,33 @@ class Cluster:
     second_wave: dict[str, dict]
 
 
-@pytest.fixture
-def cluster(stream_settings: Settings, worker_factory, tmp_path: Path, samples) -> Cluster:
-    """Three workers; originals in wave 1, their copies (and another tenant) in wave 2."""
-    settings = _sharded(stream_settings)
+@pytest.fixture(scope="module")
+def cluster(bootstrap_servers: str, tmp_path_factory, samples) -> Iterator[Cluster]:
+    """Three workers; originals in wave 1, their copies (and another tenant) in wave 2.
+    Shared by the tests below, which only add to what it holds."""
+    scratch = tmp_path_factory.mktemp("cluster")
+    run = uuid.uuid4().hex[:8]
+    settings = _sharded(Settings().replace(
+        bootstrap_servers=bootstrap_servers, input_topic=f"c{run}.images",
+        verdict_topic=f"c{run}.verdicts", dead_letter_topic=f"c{run}.dead-letters",
+        group_id=f"dupwatch-cluster-{run}", rebalance_timeout_s=6.0, session_timeout_s=6.0))
     ensure_topics(settings)
-    workers = _start_workers(worker_factory, settings, tmp_path, ["w0", "w1", "w2"])
-    _wait_ready(workers.values())
-    first, second = in_upload_order(samples)
-    with TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
-        _publish(settings, _events(first, "shop"))
-        first_wave = {v["image_id"]: v for v in _verdicts(reader, len(first))}
-        _publish(settings, _events(second, "shop") + _events(first[:1], "other"))
-        second_wave = {f"{v['tenant']}/{v['image_id']}": v
-                       for v in _verdicts(reader, len(second) + 1)}
-        yield Cluster(settings, workers, reader, first_wave, second_wave)
+    workers = {name: WorkerProcess(settings.replace(
+        worker_name=name, web_port=free_port(), state_dir=str(scratch / f"state-{name}")),
+        scratch / f"{name}.log").start() for name in ("w0", "w1", "w2")}
+    try:
+        _wait_ready(workers.values())
+        first, second = in_upload_order(samples)
+        with TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
+            _publish(settings, _events(first, "shop"))
+            first_wave = {v["image_id"]: v for v in _verdicts(reader, len(first))}
+            _publish(settings, _events(second, "shop") + _events(first[:1], "other"))
+            second_wave = {f"{v['tenant']}/{v['image_id']}": v
+                           for v in _verdicts(reader, len(second) + 1)}
+            yield Cluster(settings, workers, reader, first_wave, second_wave)
+    finally:
+        for worker in workers.values():
+            worker.stop()
 
 
 def test_copies_are_found_across_workers_and_tenants_never_mix(cluster: Cluster, samples) -> None:
@@ -124,8 +127,9 @@ def test_copies_are_found_across_workers_and_tenants_never_mix(cluster: Cluster,
 
 
 def test_a_redelivered_event_gets_the_same_verdict(cluster: Cluster, samples) -> None:
-    _, second = in_upload_order(samples)
-    again = [s for s in second if s.expected_verdict != "unique"][:4]
+    first, second = in_upload_order(samples)
+    again = [s for s in second if s.expected_verdict != "unique"
+             and s.source != first[0].file.image_id][:4]  # not the family taken down below
     _publish(cluster.settings, _events(again, "shop"))
     for verdict in _verdicts(cluster.reader, len(again)):
         first = cluster.second_wave[f"shop/{verdict['image_id']}"]
@@ -224,7 +228,13 @@ def test_a_killed_worker_loses_nothing_and_its_shards_are_rebuilt(
         seen = [r.document for r in reader.records(max_records=15, idle_timeout_s=120)]
         workers["k0"].kill()  # SIGKILL, in the middle of the stream
         _publish(settings, events[45:])
-        seen += [r.document for r in reader.records(idle_timeout_s=45)]
+        wanted = {e.image_id for e in events}
+        for record in reader.records(idle_timeout_s=90):
+            seen.append(record.document)
+            if wanted <= {v["image_id"] for v in seen}:
+                break
+        # re-deliveries still on their way (the killed worker's last batch)
+        seen += [r.document for r in reader.records(idle_timeout_s=5)]
     by_id: dict[str, list[dict]] = {}
     for verdict in seen:
         by_id.setdefault(verdict["image_id"], []).append(verdict)
@@ -286,3 +296,46 @@ def _same_shard(restored: LocalStore, rebuilt: LocalStore, settings: Settings, s
                if value is not None]
     queries = [Lookup(e.tenant, e.image_id, e.signals) for e in entries]
     return restored.lookup(queries, 8) == rebuilt.lookup(queries, 8)
+
+
+def test_a_snapshot_plus_the_changelog_tail_equals_a_full_rebuild(
+        stream_settings: Settings, tmp_path: Path, samples, caplog) -> None:
+    """A shard restored from an older snapshot and the updates after it (adds and takedowns)
+    answers exactly like one rebuilt from the whole changelog."""
+    settings = _sharded(stream_settings, shards=1)
+    ensure_topics(settings)
+    cascade = build_cascade(settings)
+    cascade.store = ShardClient(settings)
+    first, second = in_upload_order(samples)
+    with _hosting(settings, tmp_path / "snapshots"):  # indexes wave 1, snapshots it at stop
+        cascade.check_batch(_items(cascade, first))
+        cascade.store.lookup([Lookup("shop", "any", {})], 1)  # answered once wave 1 is applied
+    with _hosting(settings, tmp_path / "elsewhere"):  # the tail: wave 2 and a takedown
+        cascade.check_batch(_items(cascade, second))
+        cascade.store.remove("shop", [first[0].file.image_id, second[0].file.image_id])
+    caplog.set_level("WARNING", logger="dupwatch.streams.shards")
+    with _hosting(settings, tmp_path / "snapshots"):  # restores from the first snapshot
+        pass
+    assert f"rebuilding shard 0 from offset {len(first)} to" in caplog.text
+    restored = _restored(tmp_path / "snapshots" / "shards" / "0")
+    assert restored.size()["sha256"]["shop"] == len(first) + len(second) - 2
+    assert _same_shard(restored, _rebuilt(settings, 0), settings, 0)
+
+
+@contextmanager
+def _hosting(settings: Settings, state_dir: Path) -> Iterator[ShardServer]:
+    """A shard server in this process, hosting every shard once it has caught up."""
+    server = ShardServer(settings.replace(state_dir=str(state_dir)),
+                         build_cascade(settings).new_local_store).start()
+    deadline = time.monotonic() + 60
+    while not (server.ready and len(server.hosted()) == settings.shards):
+        assert time.monotonic() < deadline, "the shard server never caught up"
+        time.sleep(0.2)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _items(cascade, samples: list[Sample]) -> list:
+    return [("shop", s.file.image_id, cascade.image(s.file.path.read_bytes())) for s in samples]
