@@ -77,11 +77,30 @@ class Settings:
         16 * 1024 * 1024, "Largest accepted event or image, in bytes.", "limits")
     max_image_pixels: int = _opt(
         50_000_000, "Largest accepted image area in pixels (decompression-bomb guard).", "limits")
+    decode_timeout_ms: int = _opt(
+        10_000, "Longest one image may take to decode before it is dead-lettered as "
+        "decode_timeout (0: no limit).", "limits")
     max_metadata_bytes: int = _opt(
         16 * 1024, "Largest accepted 'metadata' object, as JSON bytes.", "limits")
     uri_roots: list[str] = _list(
         [], "Directories that file:// URIs may point into, comma separated (empty: none).",
         "limits")
+    fetch_allow_hosts: list[str] = _list(
+        [], "Hosts that http(s):// URIs may fetch from, comma separated; *.example.com matches "
+        "every subdomain of example.com (empty: http(s) URIs are refused).", "limits")
+    fetch_allow_private_networks: list[str] = _list(
+        [], "Private, loopback or link-local networks (CIDR, e.g. 10.1.0.0/16) that fetches may "
+        "reach anyway, such as an internal image store (empty: all refused, against SSRF).",
+        "limits")
+    fetch_timeout_s: float = _opt(
+        10.0, "Longest one http(s) fetch may take, redirects and retries included.", "limits")
+    fetch_connect_timeout_s: float = _opt(
+        3.0, "Longest wait for one connection to a fetch host.", "limits")
+    fetch_retries: int = _opt(
+        2, "Extra fetch attempts after a transient failure (connection error, timeout, HTTP "
+        "5xx, 408 or 429); then the event is dead-lettered as fetch_failed.", "limits")
+    fetch_max_redirects: int = _opt(
+        3, "Most redirects one fetch follows; each hop is checked like the first.", "limits")
     dead_letter_excerpt_bytes: int = _opt(
         1024, "Bytes of the original payload kept in a dead-letter record.", "limits")
     # -- worker: the stream processor

@@ -268,7 +268,9 @@ def build_cascade(settings: Settings,
         else:
             raise SystemExit(f"dupwatch: unknown stage {name!r} in stages "
                              "(choose from sha256, phash, embedding)")
-    cascade = Cascade(stages, DecodeLimits(settings.max_image_pixels, settings.decode_draft_side),
+    limits = DecodeLimits(settings.max_image_pixels, settings.decode_draft_side,
+                          settings.decode_timeout_ms)
+    cascade = Cascade(stages, limits,
                       min_score=settings.min_score, search_k=settings.search_k, top_k=settings.top_k,
                       search_threads=settings.search_threads, model_version=model_version,
                       match_only_tenants=frozenset(settings.match_only_tenants))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
@@ -26,8 +27,10 @@ class Reason(str, Enum):
     INVALID_BASE64 = "invalid_base64"
     TOO_LARGE = "too_large"
     DECODE_FAILED = "decode_failed"
+    DECODE_TIMEOUT = "decode_timeout"
     UNSUPPORTED_FORMAT = "unsupported_format"
-    FETCH_FAILED = "fetch_failed"
+    FETCH_REFUSED = "fetch_refused"   # policy: never retried (outside uri_roots, SSRF, allowlist)
+    FETCH_FAILED = "fetch_failed"     # the source failed, after retries where that could help
     PROCESSING_FAILED = "processing_failed"
 
 
@@ -38,6 +41,18 @@ class Rejected(Exception):
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+# A URL's user:password@ and ?query may each hold a credential (a presigned URL's signature).
+# "\/" and \u0026 allow for JSON escaping, as the excerpt is raw payload bytes.
+_URL_START = rb"[A-Za-z][A-Za-z0-9+.-]*:(?:\\?/){2}"
+_USERINFO = re.compile(rb"(" + _URL_START + rb")[^/\\?#@\s\"]*@")
+_QUERY = re.compile(rb"(" + _URL_START + rb"[^?#\s\"]*\?)[^#\s\"]*")
+
+
+def redact_urls(text: bytes) -> bytes:
+    """``text`` with the user:password@ and query of every URL in it replaced by ``***``."""
+    return _QUERY.sub(rb"\1***", _USERINFO.sub(rb"\1***@", text))
 
 
 def utc_now() -> str:
@@ -163,7 +178,8 @@ class DeadLetter:
             source={"topic": topic, "partition": partition, "offset": offset},
             key=None if key is None else b64(key),
             headers=[{"name": name, "value": b64(value or b"")} for name, value in headers or []],
-            excerpt=b64(payload[:excerpt_bytes]), payload_bytes=len(payload), worker=worker,
+            excerpt=b64(redact_urls(payload[:excerpt_bytes])), payload_bytes=len(payload),
+            worker=worker,
             failed_at=utc_now())
 
     def to_dict(self) -> dict[str, Any]:

@@ -38,12 +38,13 @@ def max_message_bytes(settings: Settings) -> int:
 
 def confluent_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     """librdkafka properties for a producer, consumer or admin client."""
+    protocol = settings.security_protocol.upper()  # both clients' names are upper case
     config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers,
-                              "security.protocol": settings.security_protocol,
+                              "security.protocol": protocol,
                               # a broker closing idle connections is routine, not worth a log line
                               "log.connection.close": False}
-    if "SASL" in settings.security_protocol:
-        config.update({"sasl.mechanism": settings.sasl_mechanism,
+    if "SASL" in protocol:
+        config.update({"sasl.mechanism": settings.sasl_mechanism.upper(),
                        "sasl.username": settings.sasl_username,
                        "sasl.password": settings.sasl_password})
     for setting, prop in (("ssl_cafile", "ssl.ca.location"),
@@ -57,12 +58,13 @@ def confluent_config(settings: Settings, **extra: Any) -> dict[str, Any]:
 
 def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
     """The same security settings in the form Faust (aiokafka) takes."""
-    protocol = settings.security_protocol
+    protocol = settings.security_protocol.upper()
     context = _ssl_context(settings) if "SSL" in protocol else None
     if "SASL" in protocol:
         return faust.SASLCredentials(username=settings.sasl_username,
                                      password=settings.sasl_password,
-                                     mechanism=settings.sasl_mechanism, ssl_context=context)
+                                     mechanism=settings.sasl_mechanism.upper(),
+                                     ssl_context=context)
     if context is not None:
         return faust.SSLCredentials(context)
     return None

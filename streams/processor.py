@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from dupwatch.detectors import Cascade, CascadeResult, ImageInput
 from dupwatch.schemas import (
@@ -14,6 +16,10 @@ from dupwatch.streams import metrics
 from dupwatch.streams.sources import read_uri
 
 log = logging.getLogger(__name__)
+
+# Concurrent uri fetches per worker: enough to overlap a batch's network waits; each holds at
+# most one event's bytes (max_event_bytes).
+FETCH_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -48,9 +54,12 @@ class Processor:
         self.settings = settings
         self.cascade = cascade
         self._pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="dupwatch-decode")
+        self._fetch_pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="dupwatch-fetch")
 
     def handle_batch(self, records: list[InputRecord]) -> list[Verdict | DeadLetter]:
-        prepared = list(self._pool.map(self._prepare, records))
+        # Fetches wait on the network, so many run at once: a batch of slow URIs costs about
+        # one fetch time limit, not one per decode thread.
+        prepared = list(self._pool.map(self._decode, self._fetch_pool.map(self._fetch, records)))
         ready = [p for p in prepared if p.error is None]
         try:
             results = self.cascade.check_batch(
@@ -92,24 +101,33 @@ class Processor:
         except Exception as exc:
             return self._dead_letter(self._unexpected(exc, record), record, None)
 
-    def _prepare(self, record: InputRecord) -> _Prepared:
+    def _fetch(self, record: InputRecord) -> _Prepared:
+        """Parse, and read the bytes behind a ``uri`` (network waits, on the fetch pool)."""
         prepared = _Prepared(record)
-        try:
+        with self._errors_into(prepared):
             prepared.event = event = parse_image_event(
                 record.value, max_event_bytes=self.settings.max_event_bytes,
                 max_metadata_bytes=self.settings.max_metadata_bytes)
-            raw = event.data if event.data is not None else read_uri(
-                event.uri or "", self.settings.uri_roots, self.settings.max_event_bytes)
+            raw = event.data if event.data is not None else read_uri(event.uri or "", self.settings)
             prepared.image = self.cascade.image(raw)
-            # Decode ahead even if the SHA-256 stage may settle it: bytes that fail to decode
-            # can never equal an indexed image's, so this changes no verdict, and it runs in
-            # parallel.
-            prepared.image.pixels  # noqa: B018
+        return prepared
+
+    def _decode(self, prepared: _Prepared) -> _Prepared:
+        # Decode ahead even if the SHA-256 stage may settle it: bytes that fail to decode can
+        # never equal an indexed image's, so this changes no verdict, and it runs in parallel.
+        if prepared.image is not None and prepared.error is None:
+            with self._errors_into(prepared):
+                prepared.image.pixels  # noqa: B018
+        return prepared
+
+    @contextmanager
+    def _errors_into(self, prepared: _Prepared) -> Iterator[None]:
+        try:
+            yield
         except Rejected as error:
             prepared.error = error
         except Exception as exc:  # a bug must cost one event, not the partition
-            prepared.error = self._unexpected(exc, record)
-        return prepared
+            prepared.error = self._unexpected(exc, prepared.record)
 
     def _finish(self, prepared: _Prepared) -> Verdict | DeadLetter:
         """Never raises: whatever went wrong becomes a dead letter and the stream moves on."""

@@ -46,7 +46,7 @@ def _bad_events() -> list[tuple[str, bytes]]:
         ("invalid_base64", event("bad-b64", data="%%%not-base64%%%")),
         ("too_large", event("bad-big", data=b64(b"\xff" * MAX_EVENT_BYTES))),
         ("unsupported_schema_version", event("bad-version", data=b64(b"x"), schema_version=9)),
-        ("fetch_failed", event("bad-uri", uri="file:///etc/passwd")),
+        ("fetch_refused", event("bad-uri", uri="file:///etc/passwd")),
         ("unsupported_format", event("bad-svg", data=b64(b"<svg xmlns='http://www.w3.org/2000/svg'/>"))),
     ]
 

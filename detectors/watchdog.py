@@ -1,0 +1,57 @@
+"""Time budgets for calls that Python cannot interrupt (Pillow's decoders, the DNS resolver).
+
+Such calls run in C: no exception, signal or thread can stop them part way. A :class:`Watchdog`
+runs each call on a thread of its pool and stops *waiting* when the budget is spent, so the
+caller moves on (its event is dead-lettered) while the call runs to its end in the background
+and its result is dropped. (A pool rather than a thread per call: starting a thread costs about
+as much as decoding a small image.) The input limits (bytes, pixels) bound how long such a call can run
+on; ``max_overdue`` bounds how many may run on at once, so a flood of pathological inputs costs
+at most that many threads and their memory, never a stalled partition.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+
+class Overdue(Exception):
+    """The call did not finish within its budget, or too many earlier ones are still running."""
+
+
+class Watchdog:
+    def __init__(self, name: str, max_overdue: int) -> None:
+        self.name = name
+        self.max_overdue = max_overdue
+        self._lock = threading.Lock()
+        self._overdue = 0
+        # Threads are started as calls need them and reused; the cap is only a backstop, far
+        # above the callers' threads plus max_overdue, so a call never queues for a thread.
+        self._threads = ThreadPoolExecutor(256, thread_name_prefix=f"dupwatch-{name}")
+
+    @property
+    def overdue(self) -> int:
+        """Calls that ran past their budget and have not finished yet."""
+        with self._lock:
+            return self._overdue
+
+    def call(self, work: Callable[[], T], budget_s: float) -> T:
+        """``work()``'s result (or its exception), or :class:`Overdue` after ``budget_s``."""
+        with self._lock:
+            if self._overdue >= self.max_overdue:
+                raise Overdue(f"{self._overdue} earlier {self.name} calls are still running "
+                              "past their budget; not starting another")
+        future = self._threads.submit(work)
+        # wait(), not future.result(timeout): work may raise TimeoutError itself.
+        if not wait([future], timeout=budget_s).done:
+            with self._lock:
+                self._overdue += 1
+            future.add_done_callback(self._finished)  # runs at once if it has just finished
+            raise Overdue(f"{self.name} did not finish within {budget_s * 1000:.0f} ms")
+        return future.result()
+
+    def _finished(self, _future: Future) -> None:
+        with self._lock:
+            self._overdue -= 1
