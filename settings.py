@@ -47,8 +47,9 @@ class Settings:
     replication_factor: int = _opt(1, "Replication factor for the topics dupwatch creates.", "topics")
     # -- detection: the cascade's stages and thresholds
     stages: list[str] = _list(
-        ["sha256", "phash", "embedding"],
-        "Stages of the cascade, in order (sha256, phash, embedding).", "detection")
+        ["sha256", "phash", "phash_reoriented", "embedding"],
+        "Stages of the cascade, in order (sha256, phash, phash_reoriented, embedding).",
+        "detection")
     min_score: float = _opt(
         0.99, "Calibrated score (measured precision) a match needs to be decisive, any stage.",
         "detection")
@@ -70,6 +71,20 @@ class Settings:
     embedding_device: str = _opt("auto", "auto (CUDA when present), cuda or cpu.", "detection")
     embedding_threads: int = _opt(
         0, "CPU threads for the encoder (0: PyTorch's default, one per core).", "detection")
+    vector_index: str = _opt(
+        "flat", "Embedding index of each tenant: flat (exact; search time grows with the index: "
+        "~80 ms at 1M images), hnsw-sq8 (graph of int8 codes: ~1-3 ms at any size, best recall; "
+        "removals are filtered tombstones) or ivf-sq8 (int8 inverted file: least memory, lower "
+        "recall). README: Choosing the vector index.", "detection")
+    vector_train_after: int = _opt(
+        200_000, "hnsw-sq8 / ivf-sq8: vectors an index serves exactly (flat) before it trains on "
+        "them and switches, once; ivf-sq8 makes one list per 50 of them.", "detection")
+    vector_ef_search: int = _opt(
+        256, "hnsw-sq8: candidates kept while walking the graph per search; more finds more "
+        "true neighbours and is slower.", "detection")
+    vector_nprobe: int = _opt(
+        16, "ivf-sq8: lists scanned per search; more finds more true neighbours and is slower.",
+        "detection")
     search_k: int = _opt(8, "Candidates each stage fetches from its index.", "detection")
     top_k: int = _opt(0, "Best candidates to list in each verdict (0: none).", "detection")
     # -- limits: what counts as bad input

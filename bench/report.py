@@ -20,6 +20,11 @@ def percentiles_ms(seconds: list[float]) -> dict[str, float]:
     return {f"p{q}": round(float(np.percentile(values, q)), 2) for q in (50, 90, 99)}
 
 
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = [headers, ["---"] * len(headers), *rows]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
 def write_results(path: str, results: dict[str, Any], rows: list[tuple[str, str]]) -> None:
     Path(path).write_text(json.dumps(results, indent=2) + "\n")
     width = max(len(name) for name, _ in rows)

@@ -19,6 +19,7 @@ from PIL import Image
 from dupwatch.detectors.calibration import Calibration
 from dupwatch.detectors.image import ImageInput
 from dupwatch.index import VectorIndex
+from dupwatch.index.vector import VectorIndexOptions
 from dupwatch.schemas import VerdictLabel
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "model" / "weights"
@@ -123,9 +124,11 @@ class EmbeddingStage:
     batched = True
 
     def __init__(self, model: EmbeddingModel, calibration: Calibration,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:
+                 on_batch: Callable[[int, float], None] | None = None,
+                 index_options: VectorIndexOptions = VectorIndexOptions()) -> None:
         self.model = model
         self.calibration = calibration
+        self.index_options = index_options
         self.dim = model.dim
         self._on_batch = on_batch
 
@@ -144,10 +147,10 @@ class EmbeddingStage:
         return [vectors[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     def new_index(self) -> VectorIndex:
-        return VectorIndex(self.dim)
+        return VectorIndex(self.dim, self.index_options)
 
     def load_index(self, path: Path) -> VectorIndex:
-        return VectorIndex.load(path)
+        return VectorIndex.load(path, self.index_options)
 
     def score(self, distance: float) -> float:
         return self.calibration.score(distance)
