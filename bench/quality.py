@@ -6,7 +6,8 @@ transformed copies of unrelated photos (negative queries) and distractor referen
 first half calibrates every stage's score (isotonic precision over distance); the second is
 where everything is measured: micro-AP as defined for DISC2021 (all (query, reference, score)
 predictions ranked together), recall at precision 0.99, and recall per family at that
-operating point, for pHash alone, the embedding alone, and the calibrated cascade.
+operating point, for pHash alone, the embedding alone, and the calibrated cascade (pHash, pHash
+of the query turned and mirrored, embedding).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from dupwatch.detectors.calibration import Calibration, combine_scores, save_cal
 from dupwatch.detectors.cascade import CALIBRATION_FILE
 from dupwatch.detectors.embedding import DEFAULT_WEIGHTS, EmbeddingModel, EmbeddingStage
 from dupwatch.detectors.image import DecodeLimits, ImageInput
-from dupwatch.detectors.phash import PHashStage
+from dupwatch.detectors.phash import PHashStage, ReorientedPHashStage
 from dupwatch.index import BinaryIndex
 from dupwatch.model.augment import FAMILIES
 from dupwatch.model.data import list_photos, load_rgb, split
@@ -68,29 +69,30 @@ def run_quality_bench(settings: Settings, photos_dir: str, use_all: bool, out: s
     test_half = _half(images[middle:], limits, random.Random(SEED + 2))
     # Raw stages: their scores are what this run calibrates, so no calibration is loaded.
     phash = PHashStage(settings.phash_size, settings.phash_max_distance)
+    reoriented = ReorientedPHashStage(settings.phash_size, settings.phash_max_distance)
     model = EmbeddingModel.load(Path(settings.weights or DEFAULT_WEIGHTS),
                                 settings.embedding_resolution, settings.embedding_device,
                                 settings.embedding_threads)
     embedding = EmbeddingStage(model, Calibration.linear(2.0))
+    stages = [phash, reoriented, embedding]
     say(f"{len(held_out)} held-out photos; calibration half {len(calibration_half.queries)} "
         f"queries, test half {len(test_half.queries)} queries")
 
     calibrations = {stage.name: _fit(_predict(stage, calibration_half), calibration_half)
-                    for stage in (phash, embedding)}
+                    for stage in stages}
     if write_calibration:
         save_calibrations(CALIBRATION_FILE, calibrations, {
             "photos": len(held_out), "queries": len(calibration_half.queries), "seed": SEED,
             "note": "fitted on the calibration half of the held-out photos"})
         say(f"calibration written to {CALIBRATION_FILE}")
-    predictions = {stage.name: _predict(stage, test_half) for stage in (phash, embedding)}
+    predictions = {stage.name: _predict(stage, test_half) for stage in stages}
     methods = {
         "phash": _scored(predictions["phash"], lambda d: 1.0 - d / phash.bits),
         **_pdq_if_installed(test_half),
         "embedding": _scored(predictions["embedding"], lambda d: 1.0 - d),
-        "cascade": _combine([
-            _scored(predictions["phash"], PHashStage(phash.size, phash.max_distance,
-                                                     calibrations["phash"]).score),
-            _scored(predictions["embedding"], calibrations["embedding"].score)]),
+        "cascade": _combine([_scored(predictions[stage.name],
+                                     _calibrated(stage, calibrations[stage.name]))
+                             for stage in stages]),
     }
     results = {"benchmark": "quality", "held_out_photos": len(held_out),
                "test_queries": len(test_half.queries),
@@ -126,6 +128,13 @@ def _encode(image: Image.Image, limits: DecodeLimits) -> ImageInput:
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, "JPEG", quality=90)
     return ImageInput(buffer.getvalue(), limits)
+
+
+def _calibrated(stage, calibration: Calibration):
+    """The stage's score function as the worker has it, with this run's calibration."""
+    if isinstance(stage, PHashStage):  # and so capped at max_distance
+        return type(stage)(stage.size, stage.max_distance, calibration).score
+    return calibration.score
 
 
 def _predict(stage, half: Half) -> Predictions:

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from dupwatch.detectors.calibration import combine_scores, load_calibrations
 from dupwatch.detectors.image import DecodeLimits, ImageInput
-from dupwatch.detectors.phash import PHashStage
+from dupwatch.detectors.phash import PHashStage, ReorientedPHashStage
 from dupwatch.detectors.protocol import Stage
 from dupwatch.detectors.sha256 import Sha256Stage
 from dupwatch.index import Entry, Hit, LocalStore, Lookup, Store, set_search_threads
@@ -256,18 +256,19 @@ def build_cascade(settings: Settings,
     for name in settings.stages:
         if name == "sha256":
             stages.append(Sha256Stage())
-        elif name == "phash":
+        elif name in ("phash", "phash_reoriented"):
             # The shipped calibration was fitted for 64-bit hashes.
-            calibration = calibrations.get("phash") if settings.phash_size == 8 else None
-            stages.append(PHashStage(settings.phash_size, settings.phash_max_distance, calibration,
-                                     settings.phash_near_distance))
+            calibration = calibrations.get(name) if settings.phash_size == 8 else None
+            kind = PHashStage if name == "phash" else ReorientedPHashStage
+            stages.append(kind(settings.phash_size, settings.phash_max_distance, calibration,
+                               settings.phash_near_distance))
         elif name == "embedding":
             stage = _embedding_stage(settings, calibrations, on_embedding_batch)
             model_version = stage.model.version
             stages.append(stage)
         else:
             raise SystemExit(f"dupwatch: unknown stage {name!r} in stages "
-                             "(choose from sha256, phash, embedding)")
+                             "(choose from sha256, phash, phash_reoriented, embedding)")
     limits = DecodeLimits(settings.max_image_pixels, settings.decode_draft_side,
                           settings.decode_timeout_ms)
     cascade = Cascade(stages, limits,

@@ -1,7 +1,10 @@
 """The cascade on the bundled real photos: right verdicts, right matches, tenants apart."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
+
+from PIL import Image
 
 from dupwatch.detectors import Cascade, build_cascade
 from dupwatch.schemas import VerdictLabel
@@ -76,3 +79,22 @@ def test_a_saved_cascade_remembers_its_images(samples, tmp_path: Path) -> None:
     assert restored.store.size() == cascade.store.size()
     for sample in second:
         assert _check(restored, sample).label.value == sample.expected_verdict
+
+
+def test_turned_and_mirrored_copies_are_variants_found_by_the_reoriented_phash(samples) -> None:
+    cascade = build_cascade(Settings())
+    originals = [s for s in samples if s.role == "original"]
+    for sample in originals:
+        _check(cascade, sample)
+    for number, sample in enumerate(originals):
+        photo = Image.open(sample.file.path)
+        turned = photo.transpose([Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
+                                  Image.Transpose.ROTATE_270, Image.Transpose.FLIP_LEFT_RIGHT,
+                                  Image.Transpose.TRANSVERSE][number % 5])
+        buffer = io.BytesIO()
+        turned.convert("RGB").save(buffer, "JPEG", quality=85)
+        result = cascade.check("t", f"turned-{number}", cascade.image(buffer.getvalue()))
+        assert result.label == VerdictLabel.VARIANT, sample.file.image_id
+        assert result.match.image_id == sample.file.image_id
+        assert result.match.stage == "phash_reoriented"
+        assert "embedding" not in result.timings_ms  # settled before the costly stage
