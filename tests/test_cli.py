@@ -16,7 +16,7 @@ from dupwatch.streams.samples import samples_dir
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 COMMANDS = [[], ["demo"], ["worker"], ["publish"], ["verdicts"], ["scan"], ["bench"],
-            ["bench", "throughput"]]
+            ["bench", "throughput"], ["bench", "soak"]]
 
 
 def dupwatch(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
