@@ -69,9 +69,8 @@ def _add_agent(app: faust.App, settings: Settings, processor: Processor,
                executor: ThreadPoolExecutor, progress: PartitionProgress) -> None:
     images = app.topic(settings.input_topic, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
-    verdicts = app.topic(settings.verdict_topic, key_serializer="raw", value_serializer="raw")
-    dead_letters = app.topic(settings.dead_letter_topic, key_serializer="raw",
-                             value_serializer="raw")
+    verdicts = _raw_topic(app, settings.verdict_topic)
+    dead_letters = _raw_topic(app, settings.dead_letter_topic)
 
     @app.agent(images, name="dupwatch.detect")
     async def detect(stream: faust.StreamT) -> None:
@@ -94,9 +93,8 @@ def _add_agent(app: faust.App, settings: Settings, processor: Processor,
 def _add_control_agent(app: faust.App, settings: Settings, processor: Processor,
                        executor: ThreadPoolExecutor) -> None:
     """Takedowns and bank loads, applied on the cascade's thread between batches."""
-    commands = app.topic(settings.control_topic, key_serializer="raw", value_serializer="raw")
-    dead_letters = app.topic(settings.dead_letter_topic, key_serializer="raw",
-                             value_serializer="raw")
+    commands = _raw_topic(app, settings.control_topic)
+    dead_letters = _raw_topic(app, settings.dead_letter_topic)
 
     @app.agent(commands, name="dupwatch.control")
     async def control(stream: faust.StreamT) -> None:
@@ -107,6 +105,11 @@ def _add_control_agent(app: faust.App, settings: Settings, processor: Processor,
             if outcome is not None:
                 await (await dead_letters.send(key=record.key, value=outcome.to_json()))
                 metrics.observe_outcomes([outcome], time.time())
+
+
+def _raw_topic(app: faust.App, name: str) -> faust.TopicT:
+    """A topic of plain bytes: dupwatch encodes its own JSON records."""
+    return app.topic(name, key_serializer="raw", value_serializer="raw")
 
 
 def _add_gauge_refresh(app: faust.App, processor: Processor, executor: ThreadPoolExecutor,

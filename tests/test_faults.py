@@ -13,7 +13,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -132,28 +132,38 @@ def test_a_worker_killed_mid_stream_is_replaced_without_losing_events(
     outcomes.assert_exactly_once_after_dedupe(image_ids, bad_keys)
 
 
+def _stream_through(settings: Settings, worker_factory, samples: list[Sample],
+                    fault: Callable[[], None]) -> None:
+    """One worker under a steady trickle of events; ``fault()`` strikes once 20 of them have an
+    outcome. Afterwards every event has exactly one outcome after de-duplication, and the
+    worker is still running and shuts down cleanly."""
+    ensure_topics(settings)
+    records, image_ids, bad_keys = _records(samples)
+    outcomes = _Outcomes()
+    with TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
+        worker = worker_factory(settings)
+        worker.wait_ready()
+        trickle = _Trickle(settings, records)
+        trickle.start()
+        outcomes.read(reader, settings, until=20)
+        fault()
+        trickle.finish()
+        outcomes.read(reader, settings, until=len(records))
+        assert worker.process.poll() is None, "the worker exited"
+        assert worker.stop() == 0  # and shuts down cleanly, while the broker is there
+    outcomes.assert_exactly_once_after_dedupe(image_ids, bad_keys)
+
+
 @OWN_BROKER
 def test_a_worker_resumes_after_the_broker_was_frozen(
         stream_settings: Settings, worker_factory, samples) -> None:
-    records, image_ids, bad_keys = _records(samples)
-    outcomes = _Outcomes()
     with EmbeddedBroker() as broker:
-        settings = stream_settings.replace(bootstrap_servers=broker.bootstrap_servers)
-        ensure_topics(settings)
-        with TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
-            worker = worker_factory(settings)
-            worker.wait_ready()
-            trickle = _Trickle(settings, records)
-            trickle.start()
-            outcomes.read(reader, settings, until=20)
+        def freeze_for_15_s() -> None:
             broker.pause()
             time.sleep(15)
             broker.resume()
-            trickle.finish()
-            outcomes.read(reader, settings, until=len(records))
-            assert worker.process.poll() is None, "the worker exited"
-            assert worker.stop() == 0  # and shuts down cleanly, while the broker is there
-    outcomes.assert_exactly_once_after_dedupe(image_ids, bad_keys)
+        _stream_through(stream_settings.replace(bootstrap_servers=broker.bootstrap_servers),
+                        worker_factory, samples, freeze_for_15_s)
 
 
 class _RefusingProxy:
@@ -223,13 +233,13 @@ class _RefusingProxy:
 
 
 @pytest.fixture
-def broker_behind_proxy() -> Iterator[tuple[EmbeddedBroker, _RefusingProxy]]:
+def broker_behind_proxy() -> Iterator[_RefusingProxy]:
     """A broker that advertises the proxy's port, so clients reconnect through the proxy too."""
     proxy = _RefusingProxy(target_port=free_port())
-    with EmbeddedBroker(port=proxy.target_port, advertised_port=proxy.port) as broker:
+    with EmbeddedBroker(port=proxy.target_port, advertised_port=proxy.port):
         proxy.listen()
         try:
-            yield broker, proxy
+            yield proxy
         finally:
             proxy.close()
 
@@ -237,22 +247,11 @@ def broker_behind_proxy() -> Iterator[tuple[EmbeddedBroker, _RefusingProxy]]:
 @OWN_BROKER
 def test_a_worker_reconnects_after_the_broker_port_refused_connections(
         stream_settings: Settings, worker_factory, samples, broker_behind_proxy) -> None:
-    _, proxy = broker_behind_proxy
-    settings = stream_settings.replace(bootstrap_servers=f"127.0.0.1:{proxy.port}")
-    ensure_topics(settings)
-    records, image_ids, bad_keys = _records(samples)
-    outcomes = _Outcomes()
-    with TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
-        worker = worker_factory(settings)
-        worker.wait_ready()
-        trickle = _Trickle(settings, records)
-        trickle.start()
-        outcomes.read(reader, settings, until=20)
+    proxy = broker_behind_proxy
+
+    def refuse_for_10_s() -> None:
         proxy.refuse()
         time.sleep(10)
         proxy.listen()
-        trickle.finish()
-        outcomes.read(reader, settings, until=len(records))
-        assert worker.process.poll() is None, "the worker exited"
-        assert worker.stop() == 0  # and shuts down cleanly, while the broker is there
-    outcomes.assert_exactly_once_after_dedupe(image_ids, bad_keys)
+    _stream_through(stream_settings.replace(bootstrap_servers=f"127.0.0.1:{proxy.port}"),
+                    worker_factory, samples, refuse_for_10_s)
