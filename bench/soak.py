@@ -537,6 +537,7 @@ def _summary_rows(results: dict) -> list[tuple[str, str]]:
                  ("index entries warm-up end -> end",
                   f"{_number(rss['index_entries_at_warmup_end'])} -> "
                   f"{_number(rss['index_entries_at_end'])} "
-                  f"({rss['kb_per_indexed_image']} KB RSS per added image)")]
+                  + (f"({rss['kb_per_indexed_image']} KB RSS per added image)"
+                     if rss["kb_per_indexed_image"] is not None else "(no images added)"))]
     rows.append(("worker exit code", str(s["worker_exit_code"])))
     return rows
