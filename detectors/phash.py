@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import imagehash
 import numpy as np
-import scipy.fftpack
 from PIL import Image
 
 from dupwatch.detectors.calibration import Calibration
@@ -41,7 +41,7 @@ class PHashStage:
         self.calibration = calibration or Calibration((0.0, float(max_distance)), (1.0, 1.0))
 
     def describe(self, image: ImageInput) -> bytes:
-        return _hash(_small_grey(image, self.size), self.size)
+        return _hash(image.pixels, self.size)
 
     def new_index(self) -> BinaryIndex:
         return BinaryIndex(self.bits)
@@ -63,30 +63,28 @@ class ReorientedPHashStage(PHashStage):
     label = VerdictLabel.VARIANT
 
     def describe(self, image: ImageInput) -> bytes:
-        grey = _small_grey(image, self.size)
-        return b"".join(_hash(view, self.size) for view in _orientations(grey))
-
-    def new_index(self) -> BinaryIndex:
-        return BinaryIndex(self.bits, indexed_codes=1)
+        # Shrunk once, then turned: imagehash's own shrink of a picture already at its working
+        # size changes nothing, so each view hashes as the turned upload would.
+        small = _small_grey(image, self.size)
+        views = [small, *(small.transpose(turn) for turn in _TURNED_AND_MIRRORED)]
+        return b"".join(_hash(view, self.size) for view in views)
 
     def recognises(self, distance: float) -> bool:
         return False  # a turned or mirrored copy is a variant, however close
 
 
-def _small_grey(image: ImageInput, size: int) -> np.ndarray:
-    """The picture as imagehash's pHash sees it: grey, 4x the hash side, Lanczos."""
+# After the upright view: three quarter turns, then the mirror image of the upright picture and
+# of each turn. Only the upright hash, the signal's first code, is indexed (BinaryIndex's default).
+_T = Image.Transpose
+_TURNED_AND_MIRRORED = (_T.ROTATE_90, _T.ROTATE_180, _T.ROTATE_270,
+                        _T.FLIP_LEFT_RIGHT, _T.TRANSVERSE, _T.FLIP_TOP_BOTTOM, _T.TRANSPOSE)
+
+
+def _small_grey(image: ImageInput, size: int) -> Image.Image:
+    """The picture as imagehash's pHash reduces it: grey, 4x the hash side, Lanczos."""
     side = size * 4
-    grey = image.pixels.convert("L").resize((side, side), Image.Resampling.LANCZOS)
-    return np.asarray(grey, dtype=np.float64)
+    return image.pixels.convert("L").resize((side, side), Image.Resampling.LANCZOS)
 
 
-def _hash(grey: np.ndarray, size: int) -> bytes:
-    """imagehash.phash on an already reduced picture: low DCT frequencies above their median."""
-    dct = scipy.fftpack.dct(scipy.fftpack.dct(grey, axis=0), axis=1)[:size, :size]
-    return np.packbits((dct > np.median(dct)).ravel()).tobytes()
-
-
-def _orientations(grey: np.ndarray) -> list[np.ndarray]:
-    """The eight: upright, three quarter turns, and the mirror image of each."""
-    turns = [np.rot90(grey, k) for k in range(4)]
-    return turns + [np.fliplr(turn) for turn in turns]
+def _hash(picture: Image.Image, size: int) -> bytes:
+    return np.packbits(imagehash.phash(picture, hash_size=size).hash.ravel()).tobytes()
