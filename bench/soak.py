@@ -174,14 +174,10 @@ class Traffic:
     def _cut(self) -> Image.Image:
         """15-40 % of a random source photo, re-scaled to a longest side of 256-448 px."""
         photo = self.rng.choice(self.sources)
-        area, aspect = self.rng.uniform(0.15, 0.4), self.rng.uniform(0.75, 1.33)
-        w = min(photo.width, int(photo.width * (area * aspect) ** 0.5))
-        h = min(photo.height, int(photo.height * (area / aspect) ** 0.5))
-        x, y = self.rng.randint(0, photo.width - w), self.rng.randint(0, photo.height - h)
-        side = self.rng.randint(256, 448)
-        scale = side / max(w, h)
-        return photo.crop((x, y, x + w, y + h)).resize(
-            (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
+        cut = photo.crop(augment.random_box(photo, self.rng, 0.15, 0.4))
+        scale = self.rng.randint(256, 448) / max(cut.size)
+        return cut.resize((max(1, round(cut.width * scale)), max(1, round(cut.height * scale))),
+                          Image.Resampling.BILINEAR)
 
     def _bad(self, image_id: str) -> bytes:
         def event(**fields: object) -> bytes:

@@ -30,12 +30,19 @@ def _colour(rng: random.Random) -> tuple[int, int, int]:
 
 def crop(image: Image.Image, rng: random.Random) -> Image.Image:
     """Keep 30-70 % of the area, anywhere in the picture."""
-    area = rng.uniform(0.3, 0.7)
+    return image.crop(random_box(image, rng, 0.3, 0.7))
+
+
+def random_box(image: Image.Image, rng: random.Random, min_area: float, max_area: float
+               ) -> tuple[int, int, int, int]:
+    """A box of ``min_area``..``max_area`` of the picture's area, of a roughly square aspect
+    (0.75-1.33), anywhere in it: (left, top, right, bottom)."""
+    area = rng.uniform(min_area, max_area)
     aspect = rng.uniform(0.75, 1.33)
     w = min(image.width, int(image.width * (area * aspect) ** 0.5))
     h = min(image.height, int(image.height * (area / aspect) ** 0.5))
     x, y = rng.randint(0, image.width - w), rng.randint(0, image.height - h)
-    return image.crop((x, y, x + w, y + h))
+    return x, y, x + w, y + h
 
 
 def rotate90(image: Image.Image, rng: random.Random) -> Image.Image:
