@@ -164,10 +164,10 @@ def _wait_for_tombstones(settings: Settings, tenant: str, image_ids: list[str]) 
         time.sleep(0.5)
 
 
-def _changelog(settings: Settings, partition: int | None = None) -> list[tuple[str, bytes | None]]:
-    """(key, value) of every changelog record so far (of one partition, if given)."""
-    partitions = [partition] if partition is not None else list(range(settings.shards))
-    return [(m.key().decode(), m.value()) for m in _read_changelog(settings, partitions)]
+def _changelog(settings: Settings) -> list[tuple[str, bytes | None]]:
+    """(key, value) of every changelog record so far, in every partition."""
+    return [(m.key().decode(), m.value())
+            for m in _read_changelog(settings, list(range(settings.shards)))]
 
 
 def _read_changelog(settings: Settings, partitions: list[int]) -> Iterator[Message]:
@@ -259,8 +259,7 @@ def test_a_killed_worker_loses_nothing_and_its_shards_are_rebuilt(
     # as it holds it, once it has applied the whole changelog partition.
     snapshots = _caught_up_snapshots(tmp_path / "state-k3", settings)
     for shard, snapshot in snapshots.items():
-        difference = _shard_difference(_restored(snapshot), _rebuilt(settings, shard), settings,
-                                       shard)
+        difference = _difference_from_rebuild(_restored(snapshot), settings, shard)
         assert difference is None, f"shard {shard}: {difference}"
 
 
@@ -307,23 +306,18 @@ def _restored(snapshot: Path) -> LocalStore:
     return store
 
 
-def _rebuilt(settings: Settings, shard: int) -> LocalStore:
-    """The shard as its whole changelog partition says, applied from the start."""
-    store = _new_store(settings)
-    for message in _read_changelog(settings, [shard]):
-        apply(store, message)
-    return store
-
-
-def _shard_difference(restored: LocalStore, rebuilt: LocalStore, settings: Settings,
-                      shard: int) -> str | None:
-    """How two copies of a shard differ (None: the same images with the same records, and the
-    same answers to every stored image's lookup)."""
+def _difference_from_rebuild(restored: LocalStore, settings: Settings, shard: int) -> str | None:
+    """How a shard differs from one rebuilt by applying its whole changelog partition from the
+    start (None: the same images with the same records, and the same answers to every stored
+    image's lookup)."""
+    rebuilt = _new_store(settings)
+    messages = list(_read_changelog(settings, [shard]))
+    for message in messages:
+        apply(rebuilt, message)
     if restored.size() != rebuilt.size():
         return f"sizes {restored.size()} != rebuilt {rebuilt.size()}"
-    entries = [decode_entry(key.encode(), value) for key, value in _changelog(settings, shard)
-               if value is not None]
-    queries = [Lookup(e.tenant, e.image_id, e.signals) for e in entries]
+    queries = [Lookup(e.tenant, e.image_id, e.signals) for e in
+               (decode_entry(m.key(), m.value()) for m in messages if m.value() is not None)]
     differing = [query.image_id for query, a, b in zip(queries, restored.lookup(queries, 8),
                                                        rebuilt.lookup(queries, 8)) if a != b]
     return f"lookups differ for {differing[:5]}" if differing else None
@@ -350,7 +344,7 @@ def test_a_snapshot_plus_the_changelog_tail_equals_a_full_rebuild(
     assert f"rebuilding shard 0 from offset {len(first)} to" in caplog.text
     restored = _restored(tmp_path / "snapshots" / "shards" / "0")
     assert restored.size()["sha256"]["shop"] == len(first) + len(second) - 2
-    assert _shard_difference(restored, _rebuilt(settings, 0), settings, 0) is None
+    assert _difference_from_rebuild(restored, settings, 0) is None
 
 
 @contextmanager
