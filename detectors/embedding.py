@@ -23,7 +23,7 @@ from dupwatch.index.vector import VectorIndexOptions
 from dupwatch.schemas import VerdictLabel
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "model" / "weights"
-DEFAULT_WEIGHTS = WEIGHTS_DIR / "encoder-v1.pt"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "encoder-v2.pt"
 
 
 class WeightsMismatch(RuntimeError):

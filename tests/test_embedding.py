@@ -24,7 +24,7 @@ def test_the_committed_weights_load_and_match_their_hash() -> None:
     vectors = model.embed([Image.new("RGB", (64, 48), (200, 30, 30))])
     assert vectors.shape == (1, 256)
     assert np.isclose(np.linalg.norm(vectors[0]), 1.0, atol=1e-4)
-    assert model.version.startswith("encoder-v1+")
+    assert model.version.startswith("encoder-v2+")
 
 
 def test_damaged_weights_are_refused(tmp_path: Path) -> None:
