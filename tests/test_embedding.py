@@ -55,6 +55,27 @@ def test_training_runs_end_to_end_and_resumes(tmp_path: Path, samples) -> None:
     assert "resumed at step 2" in lines
 
 
+def test_fine_tuning_starts_from_the_given_weights(tmp_path: Path, samples) -> None:
+    """`--init FILE` (how v2 was made from v1): step 0 is the given encoder, so a run with no
+    steps exports the same descriptors; one step with KoLeo on moves them, but only a little."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for sample in samples[:6]:
+        shutil.copy(sample.file.path, photos / Path(sample.file.image_id).name)
+    probe = [Image.open(sample.file.path).convert("RGB") for sample in samples[:3]]
+    before = EmbeddingModel.load().embed(probe)
+
+    def tuned(steps: int, out: str) -> np.ndarray:
+        config = TrainConfig(photos=str(photos), out=str(tmp_path / out), steps=steps, batch=4,
+                             init=str(DEFAULT_WEIGHTS), koleo=30.0, lr=1e-5, warmup_steps=1)
+        return EmbeddingModel.load(train(config, log=lambda line: None)).embed(probe)
+
+    assert np.allclose(tuned(0, "none"), before, atol=1e-2)
+    moved = tuned(1, "one")
+    assert not np.allclose(moved, before, atol=1e-4)
+    assert (moved * before).sum(axis=1).min() > 0.9
+
+
 def _variants(photo: Image.Image) -> dict[str, Image.Image]:
     rng = random.Random(5)
     return {"rotate90": augment.rotate90(photo, rng), "crop": augment.crop(photo, rng),
