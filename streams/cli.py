@@ -241,7 +241,8 @@ def _parser() -> argparse.ArgumentParser:
     train = _command(commands, "train", _train, [],
                      "Train the siamese encoder on a folder of real photos.",
                      "Metric learning (InfoNCE over pairs of augmented views, in-batch "
-                     "negatives) from the ImageNet Lite0 initialisation. Seeded; checkpoints "
+                     "negatives) from the ImageNet Lite0 initialisation, or fine-tuning an earlier "
+                     "encoder (--init FILE). Seeded; checkpoints "
                      "every 100 steps into --out and resumes from there; uses CUDA when "
                      "present. Writes encoder.pt, its SHA-256 and training.json.")
     train.add_argument("--photos", required=True, metavar="DIR",
