@@ -43,7 +43,7 @@ class EmbeddingModel:
              threads: int = 0) -> "EmbeddingModel":
         import torch
 
-        from dupwatch.model.encoder import Encoder
+        from dupwatch.model.encoder import Encoder, load_exported
 
         expected = (weights.parent / (weights.name + ".sha256")).read_text().split()[0]
         actual = hashlib.sha256(weights.read_bytes()).hexdigest()
@@ -54,8 +54,7 @@ class EmbeddingModel:
             torch.set_num_threads(threads)
         chosen = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         encoder = Encoder()
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        encoder.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        load_exported(encoder, weights)
         encoder = encoder.eval().to(chosen)
         if chosen == "cuda":
             encoder = encoder.half()  # half precision on GPUs: twice the throughput, same ranking

@@ -84,6 +84,14 @@ def load_imagenet_lite0(encoder: Encoder, state_path: Path) -> None:
     encoder.features.load_state_dict(mapped, strict=False)
 
 
+def load_exported(encoder: Encoder, weights: Path) -> None:
+    """Load weights as ``dupwatch train`` exports them (a half-precision state dict) in full
+    precision."""
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    encoder.load_state_dict({name: tensor.float() if tensor.is_floating_point() else tensor
+                             for name, tensor in state.items()})
+
+
 def _lukemelas_order(state: dict[str, torch.Tensor]) -> list[str]:
     """Their tensors in the order torchvision's modules hold the same layers."""
     def block_key(name: str) -> tuple:

