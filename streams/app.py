@@ -170,8 +170,10 @@ def _add_probes(app: faust.App, shards: ShardServer | None) -> None:
     async def readyz(web: View, request: Request) -> Response:
         checks = readiness(app, shards)
         ready = all(checks.values())
-        return web.json({"status": "ready" if ready else "not ready", "checks": checks},
-                        status=200 if ready else 503)
+        body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
+        if shards is not None:
+            body["hosted_shards"] = shards.hosted()
+        return web.json(body, status=200 if ready else 503)
 
 
 def _record(event: faust.EventT) -> InputRecord:

@@ -5,8 +5,10 @@
 embedding model, index snapshots) before its web server starts, so a worker that answers has
 loaded them; what is left to wait for is the consumer group: joined at least once and not in
 the middle of a rebalance. A worker with no partitions (more workers than partitions) is
-ready: it is a standby. With a sharded index, "shards caught up" joins the checks: false while
-a shard this worker was given is still being rebuilt from its snapshot and the changelog.
+ready: it is a standby. With a sharded index two checks join them: "shards assigned" (the
+worker has joined the shard group and no rebalance of it is under way) and "shards caught up"
+(false while a shard this worker was given is still being rebuilt from its snapshot and the
+changelog).
 """
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ class GroupMember(Protocol):
 
 
 class ShardHost(Protocol):
-    """The part of a shard server that says whether its shards have caught up."""
+    """The part of a shard server that says where its group stands and whether its shards
+    have caught up."""
+    assigned: bool
     ready: bool
 
 
@@ -32,6 +36,7 @@ def readiness(app: GroupMember, shards: ShardHost | None = None) -> dict[str, bo
     checks = {"joined_consumer_group": app.rebalancing_count > 0,
               "not_rebalancing": not app.rebalancing}
     if shards is not None:
+        checks["shards_assigned"] = shards.assigned
         checks["shards_caught_up"] = shards.ready
     return checks
 

@@ -83,15 +83,19 @@ class ShardServer:
         self._new_store = new_store
         self._shards: dict[int, _Shard] = {}
         self._kept_from_revoke: dict[int, _Shard] = {}
+        self._heartbeat_s = min(3.0, settings.session_timeout_s / 3)
         self._lookups = _fast_consumer(settings, **{
             "group.id": f"{settings.group_id}.shards", "auto.offset.reset": "latest",
             "session.timeout.ms": int(settings.session_timeout_s * 1000),
             "max.poll.interval.ms": max(int(settings.rebalance_timeout_s * 1000), 6000),
-            "heartbeat.interval.ms": int(min(3.0, settings.session_timeout_s / 3) * 1000)})
+            "heartbeat.interval.ms": int(self._heartbeat_s * 1000)})
         self._changelog = _fast_consumer(settings, **{"group.id": f"{settings.group_id}.changelog"})
         self._answers = Producer(confluent_config(settings, **{
             "linger.ms": 1, "message.max.bytes": max_message_bytes(settings) * 4}))
         self._stop = threading.Event()
+        self._stop_requested_at = 0.0
+        # From subscribing, and from each revoke, until the assignment that ends the rebalance.
+        self._rebalancing = True
         self._thread = threading.Thread(target=self._run, name="dupwatch-shards", daemon=True)
         self._last_snapshot = self._last_sizes = time.monotonic()
         # Entries per stage and tenant in each hosted shard, for the metrics (refreshed here,
@@ -105,6 +109,8 @@ class ShardServer:
         return self
 
     def stop(self) -> None:
+        """Leave the shard group once it has settled (see :meth:`_may_leave`), snapshot, close."""
+        self._stop_requested_at = time.monotonic()
         self._stop.set()
         self._thread.join(timeout=60)
 
@@ -112,6 +118,12 @@ class ShardServer:
     def ready(self) -> bool:
         """Every shard this worker hosts has caught up (false while one is rebuilding)."""
         return all(shard.ready for shard in list(self._shards.values()))
+
+    @property
+    def assigned(self) -> bool:
+        """This worker has joined the shard group and no rebalance is under way (it may host no
+        shards: more workers than shards)."""
+        return not self._rebalancing
 
     def hosted(self) -> list[int]:
         return sorted(self._shards)
@@ -121,7 +133,7 @@ class ShardServer:
         # beside the decode threads (see dupwatch.index.set_search_threads).
         set_search_threads(self.settings.search_threads)
         try:
-            while not self._stop.is_set():
+            while not self._may_leave():
                 self._apply_changelog(timeout_s=0.0)
                 requests = [m for m in _drain(self._lookups, 0.005, 256) if not m.error()]
                 if requests:
@@ -138,6 +150,18 @@ class ShardServer:
             self._changelog.close()
             self._answers.flush(10)
 
+    def _may_leave(self) -> bool:
+        """After stop(), keep serving for one heartbeat (to hear of any rebalance under way)
+        and until that rebalance has assigned this worker, at most a session plus a rebalance
+        timeout. A member that leaves in the middle of a rebalance can wedge the group on some
+        brokers: on Tansu the next members' SyncGroup then waits forever for the departed
+        leader's assignment. Leaving a settled group is safe everywhere."""
+        if not self._stop.is_set():
+            return False
+        waited = time.monotonic() - self._stop_requested_at
+        limit = self.settings.session_timeout_s + self.settings.rebalance_timeout_s
+        return waited >= limit or (waited >= self._heartbeat_s + 0.5 and not self._rebalancing)
+
     # -- assignment: rebuild before answering, snapshot on the way out
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -153,16 +177,20 @@ class ShardServer:
             self._snapshot(shard)
         self._kept_from_revoke = {}
         self._reassign_changelog()
+        self._rebalancing = False
         log.warning("hosting shards %s", self.hosted())
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Shards are kept in memory until the next assignment: a rebalance usually hands
         most of them straight back, and those then only catch up instead of rebuilding."""
+        self._rebalancing = True
         for tp in partitions:
             shard = self._shards.pop(tp.partition, None)
             if shard is not None:
                 self._kept_from_revoke[tp.partition] = shard
         self._reassign_changelog()
+        log.warning("shards %s revoked (the shard group is rebalancing, or this worker leaves)",
+                    sorted(tp.partition for tp in partitions))
 
     def _kept(self, number: int) -> _Shard | None:
         shard = self._kept_from_revoke.pop(number, None)

@@ -170,3 +170,19 @@ class _Group:
 ])
 def test_readiness_waits_for_the_consumer_group(group: _Group, ready: bool) -> None:
     assert all(readiness(group).values()) is ready
+
+
+@dataclass
+class _Shards:
+    assigned: bool
+    ready: bool
+
+
+@pytest.mark.parametrize("shards, ready", [
+    (_Shards(assigned=False, ready=True), False),   # not in the shard group yet (hosts nothing)
+    (_Shards(assigned=True, ready=False), False),   # a shard still rebuilding
+    (_Shards(assigned=True, ready=True), True),
+])
+def test_readiness_waits_for_the_shard_group(shards: _Shards, ready: bool) -> None:
+    joined = _Group(rebalancing=False, rebalancing_count=1)
+    assert all(readiness(joined, shards).values()) is ready
