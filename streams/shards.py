@@ -92,8 +92,7 @@ class ShardServer:
         self._changelog = _fast_consumer(settings, **{"group.id": f"{settings.group_id}.changelog"})
         self._answers = Producer(confluent_config(settings, **{
             "linger.ms": 1, "message.max.bytes": max_message_bytes(settings) * 4}))
-        self._stop = threading.Event()
-        self._stop_requested_at = 0.0
+        self._stop_requested_at: float | None = None  # set from the caller's thread by stop()
         # From subscribing, and from each revoke, until the assignment that ends the rebalance.
         self._rebalancing = True
         self._thread = threading.Thread(target=self._run, name="dupwatch-shards", daemon=True)
@@ -111,7 +110,6 @@ class ShardServer:
     def stop(self) -> None:
         """Leave the shard group once it has settled (see :meth:`_may_leave`), snapshot, close."""
         self._stop_requested_at = time.monotonic()
-        self._stop.set()
         self._thread.join(timeout=60)
 
     @property
@@ -156,7 +154,7 @@ class ShardServer:
         timeout. A member that leaves in the middle of a rebalance can wedge the group on some
         brokers: on Tansu the next members' SyncGroup then waits forever for the departed
         leader's assignment. Leaving a settled group is safe everywhere."""
-        if not self._stop.is_set():
+        if self._stop_requested_at is None:
             return False
         waited = time.monotonic() - self._stop_requested_at
         limit = self.settings.session_timeout_s + self.settings.rebalance_timeout_s
