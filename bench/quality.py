@@ -1,19 +1,32 @@
-"""`dupwatch bench quality`: detection quality on held-out real photos, per transform family.
+"""`dupwatch bench quality`: detection quality on images from sources training never saw.
 
-From held-out photos (never seen in training) it builds, with fixed seeds, two disjoint halves,
-each with references, one transformed copy of every reference per family (positive queries),
-transformed copies of unrelated photos (negative queries) and distractor references. The
-first half calibrates every stage's score (isotonic precision over distance); the second is
-where everything is measured: micro-AP as defined for DISC2021 (all (query, reference, score)
-predictions ranked together), recall at precision 0.99, and recall per family at that
-operating point, for pHash alone, the embedding alone, and the calibrated cascade (pHash, pHash
-of the query turned and mirrored, embedding).
+Images come from gathered folders (photos, screenshots, documents, clip art; model/data.py).
+Two evaluation splits, both held out of training:
+
+- ``sources``: whole source packages training never saw (model/data.py's TEST_SOURCES). This is
+  the honest figure: a package shares a camera, an application, a style.
+- ``photos``: photos held out *within* the training packages (how encoder v2 was measured;
+  it flatters, and is kept for comparison).
+
+The worker's calibration is fitted on a third, disjoint group of packages (CALIBRATION_SOURCES)
+and measured on both. Each evaluation set, built with fixed seeds, has references with one
+copy per edit family (positive queries), distractor references, and negative queries: edited
+copies of unrelated images and, the hardest, the unrelated images themselves, drawn from the
+same packages as the references (same application, different dialog). Reported per method
+(pHash, PDQ, the embedding alone, the cascade as the worker runs it): micro-AP as defined for
+DISC2021, recall at precision 0.99 (overall, per family, per kind of content), and precision and
+recall at the worker's own ``min_score``.
+
+Look-alikes: every distinct image of the test sources goes through the worker's cascade in
+order, each checked against the ones before it, as a stream of uploads would; every match is a
+false positive (images of one near-duplicate group are kept once).
 """
 from __future__ import annotations
 
 import io
 import random
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,31 +34,39 @@ import numpy as np
 from PIL import Image
 
 from dupwatch.bench.report import machine, write_results
-from dupwatch.detectors.calibration import Calibration, combine_scores, save_calibrations
-from dupwatch.detectors.cascade import CALIBRATION_FILE
+from dupwatch.detectors.calibration import (Calibration, Evidence, combine_scores,
+                                             load_calibrations, run_key, save_calibrations)
+from dupwatch.detectors.cascade import CALIBRATION_FILE, Cascade
 from dupwatch.detectors.embedding import DEFAULT_WEIGHTS, EmbeddingModel, EmbeddingStage
 from dupwatch.detectors.image import DecodeLimits, ImageInput
 from dupwatch.detectors.phash import PHashStage, ReorientedPHashStage
+from dupwatch.detectors.sha256 import Sha256Stage
 from dupwatch.index import BinaryIndex
-from dupwatch.model.augment import FAMILIES
-from dupwatch.model.data import list_photos, load_rgb, split
+from dupwatch.model.augment import families
+from dupwatch.model.data import PHOTO_KINDS, Photo, by_source, list_photos, load_all
+from dupwatch.schemas import VerdictLabel
 from dupwatch.settings import Settings
 
 SEED = 2021
 TOP_K = 10
+SET_SIZE = 480          # images per evaluation set at most: 1/2 references, 1/4 each other role
+LOOKALIKES = 600        # distinct test-source images streamed through the cascade, at most
+MIN_SET_IMAGES = 8      # fewer cannot fill every role of an evaluation set
 
 
 @dataclass(frozen=True)
 class Query:
     image: ImageInput
-    family: str
+    family: str             # the edit, "negative" (an edited unrelated image) or "lookalike"
     truth: int | None       # index of the true reference; None for a negative query
+    kind: str               # of the image it was made from (photo, screenshot, ...)
 
 
 @dataclass(frozen=True)
-class Half:
+class EvalSet:
     references: list[ImageInput]
     queries: list[Query]
+    families: list[str]
 
 
 @dataclass
@@ -54,54 +75,38 @@ class Predictions:
     hits: list[list[tuple[int, float]]]
 
 
-def run_quality_bench(settings: Settings, photos_dir: str, use_all: bool, out: str,
+Scored = dict[tuple[int, int], float]  # (query, reference) -> score
+
+
+def run_quality_bench(settings: Settings, folders: list[str], use_all: bool, out: str,
                       write_calibration: bool) -> int:
-    photos = list_photos(Path(photos_dir))
-    held_out = photos if use_all else split(photos)[1]
-    if len(held_out) < 20:
-        raise SystemExit(f"dupwatch bench quality: only {len(held_out)} held-out photos in {photos_dir}")
-    rng = random.Random(SEED)
-    rng.shuffle(held_out)
+    photos = list_photos(*map(Path, folders))
     limits = DecodeLimits(settings.max_image_pixels, settings.decode_draft_side)
-    images = [load_rgb(p.path, 512) for p in held_out]
-    middle = len(images) // 2
-    calibration_half = _half(images[:middle], limits, random.Random(SEED + 1))
-    test_half = _half(images[middle:], limits, random.Random(SEED + 2))
-    # Raw stages: their scores are what this run calibrates, so no calibration is loaded.
-    phash = PHashStage(settings.phash_size, settings.phash_max_distance)
-    reoriented = ReorientedPHashStage(settings.phash_size, settings.phash_max_distance)
     model = EmbeddingModel.load(Path(settings.weights or DEFAULT_WEIGHTS),
                                 settings.embedding_resolution, settings.embedding_device,
                                 settings.embedding_threads)
-    embedding = EmbeddingStage(model, Calibration.linear(2.0))
-    stages = [phash, reoriented, embedding]
-    say(f"{len(held_out)} held-out photos; calibration half {len(calibration_half.queries)} "
-        f"queries, test half {len(test_half.queries)} queries")
-
-    calibrations = {stage.name: _fit(_predict(stage, calibration_half), calibration_half)
-                    for stage in stages}
-    if write_calibration:
-        save_calibrations(CALIBRATION_FILE, calibrations, {
-            "photos": len(held_out), "queries": len(calibration_half.queries), "seed": SEED,
-            "note": "fitted on the calibration half of the held-out photos"})
+    groups = _groups(photos, use_all)
+    say(", ".join(f"{name}: {len(members)} images" for name, members in groups.items()))
+    if use_all:
+        calibrations, evidence = load_calibrations(CALIBRATION_FILE)
+        stages = _stages(settings, model, calibrations)
+    else:
+        calibration_set = _eval_set(groups.pop("calibration"), limits, SEED + 1)
+        stages, evidence = _fit(settings, model, calibration_set)
+    if write_calibration and not use_all:
+        save_calibrations(CALIBRATION_FILE, {s.name: s.calibration for s in stages[1:]}, evidence, {
+            "sources": "CALIBRATION_SOURCES (model/data.py)", "seed": SEED,
+            "queries": len(calibration_set.queries), "model_version": model.version,
+            "note": "fitted on source packages that neither training nor the test split uses"})
         say(f"calibration written to {CALIBRATION_FILE}")
-    predictions = {stage.name: _predict(stage, test_half) for stage in stages}
-    methods = {
-        "phash": _scored(predictions["phash"], lambda d: 1.0 - d / phash.bits),
-        **_pdq_if_installed(test_half),
-        "embedding": _scored(predictions["embedding"], lambda d: 1.0 - d),
-        "cascade": _combine([_scored(predictions[stage.name],
-                                     _calibrated(stage, calibrations[stage.name]))
-                             for stage in stages]),
-    }
-    results = {"benchmark": "quality", "held_out_photos": len(held_out),
-               "test_queries": len(test_half.queries),
-               "positive_queries": sum(q.truth is not None for q in test_half.queries),
-               "references": len(test_half.references), "families": sorted(FAMILIES),
-               "model_version": model.version, "machine": machine(),
-               "methods": {name: _metrics(scored, test_half) for name, scored in methods.items()},
-               # What a worker does: a match needs a calibrated score of at least min_score.
-               "cascade_at_min_score": _at_threshold(methods["cascade"], test_half, settings.min_score)}
+    splits = {name: _evaluate(_eval_set(members, limits, SEED + 2), stages, evidence,
+                              settings.min_score) if len(members) >= MIN_SET_IMAGES
+              else {"skipped": f"only {len(members)} images (fewer than {MIN_SET_IMAGES})"}
+              for name, members in groups.items() if name != "lookalikes"}
+    results = {"benchmark": "quality", "model_version": model.version, "machine": machine(),
+               "images": {name: len(members) for name, members in groups.items()},
+               "splits": splits,
+               "lookalikes": _lookalikes(groups["lookalikes"], stages, evidence, settings, limits)}
     write_results(out, results, _table(results))
     return 0
 
@@ -110,17 +115,47 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _half(images: list[Image.Image], limits: DecodeLimits, rng: random.Random) -> Half:
-    """Half the photos become references with a copy per family, a quarter distractor
-    references, a quarter the sources of negative queries (three random copies each)."""
+def _groups(photos: list[Photo], use_all: bool) -> dict[str, list[Photo]]:
+    """Which images calibrate, which are measured, which stream as look-alikes."""
+    if use_all:  # a folder reserved for evaluation: every image is unseen
+        return {"all": photos, "lookalikes": photos}
+    sources = by_source(photos)
+    held_out_photos = [p for p in sources["train"] if p.held_out_photo]
+    return {"calibration": sources["calibration"], "sources": sources["test"],
+            "photos": held_out_photos, "lookalikes": sources["test"]}
+
+
+def _eval_set(photos: list[Photo], limits: DecodeLimits, seed: int) -> EvalSet:
+    """Up to SET_SIZE images, photos up to half of them: half become references with a copy
+    per family, a quarter distractor references, a quarter unrelated images queried as they are
+    and as three edited copies. One image per near-duplicate group, so no negative is secretly
+    a copy."""
+    rng = random.Random(seed)
+    distinct = _one_per_group(photos)
+    rng.shuffle(distinct)
+    real = [p for p in distinct if p.kind in PHOTO_KINDS][: SET_SIZE // 2]
+    chosen = real + [p for p in distinct if p.kind not in PHOTO_KINDS][: SET_SIZE - len(real)]
+    rng.shuffle(chosen)
+    chosen, images = load_all(chosen, 512, say)
     n = len(images)
-    with_copies, distractors, negatives = images[: n // 2], images[n // 2: 3 * n // 4], images[3 * n // 4:]
-    references = [_encode(im, limits) for im in with_copies + distractors]
-    queries = [Query(_encode(FAMILIES[family](im, rng), limits), family, i)
-               for i, im in enumerate(with_copies) for family in sorted(FAMILIES)]
-    queries += [Query(_encode(FAMILIES[rng.choice(sorted(FAMILIES))](im, rng), limits), "negative", None)
-                for im in negatives for _ in range(3)]
-    return Half(references, queries)
+    copied, negatives = range(n // 2), range(3 * n // 4, n)
+    edits = families(donors=[images[i] for i in negatives])
+    names = sorted(edits)
+    references = [_encode(images[i], limits) for i in range(3 * n // 4)]
+    queries = [Query(_encode(edits[family](images[i], rng), limits), family, i, chosen[i].kind)
+               for i in copied for family in names]
+    for i in negatives:
+        queries.append(Query(_encode(images[i], limits), "lookalike", None, chosen[i].kind))
+        queries += [Query(_encode(edits[rng.choice(names)](images[i], rng), limits), "negative",
+                          None, chosen[i].kind) for _ in range(3)]
+    return EvalSet(references, queries, names)
+
+
+def _one_per_group(photos: list[Photo]) -> list[Photo]:
+    kept: dict[str, Photo] = {}
+    for photo in photos:
+        kept.setdefault(photo.near_duplicates_key, photo)
+    return list(kept.values())
 
 
 def _encode(image: Image.Image, limits: DecodeLimits) -> ImageInput:
@@ -130,19 +165,67 @@ def _encode(image: Image.Image, limits: DecodeLimits) -> ImageInput:
     return ImageInput(buffer.getvalue(), limits)
 
 
-def _calibrated(stage, calibration: Calibration):
-    """The stage's score function as the worker has it, with this run's calibration."""
-    if isinstance(stage, PHashStage):  # and so capped at max_distance
-        return type(stage)(stage.size, stage.max_distance, calibration).score
-    return calibration.score
+def _evaluate(evaluation: EvalSet, stages: list, evidence: Evidence, min_score: float) -> dict:
+    """``stages`` calibrated, in the worker's order (sha256, phash, ..., embedding)."""
+    predictions = {stage.name: _predict(stage, evaluation) for stage in stages}
+    phash, embedding = stages[1], stages[-1]
+    methods = {
+        "phash": _scored(predictions[phash.name], lambda d: 1.0 - d / phash.bits),
+        **_pdq_if_installed(evaluation),
+        "embedding": _scored(predictions[embedding.name], lambda d: 1.0 - d),
+        "cascade": _cascade(stages, predictions, evidence, min_score),
+    }
+    queries = evaluation.queries
+    return {"queries": len(queries), "references": len(evaluation.references),
+            "positive_queries": sum(q.truth is not None for q in queries),
+            "kinds": dict(Counter(q.kind for q in queries if q.truth is not None)),
+            "families": evaluation.families,
+            "methods": {name: _metrics(scored, evaluation) for name, scored in methods.items()},
+            # What a worker does: a match needs a calibrated score of at least min_score.
+            "cascade_at_min_score": _at_threshold(methods["cascade"], evaluation, min_score)}
 
 
-def _predict(stage, half: Half) -> Predictions:
+def _cascade(stages: list, predictions: dict[str, Predictions], evidence: Evidence,
+             min_score: float, truths: list[int | None] | None = None) -> Scored:
+    """Each pair's score as the worker reports it (detectors/cascade.py, ``_decide``): stages
+    run in order; when a stage finds a candidate, its score combines the stages run so far
+    (``evidence``); a query stops at the first stage where a candidate it found reaches
+    ``min_score``, so later stages never see it.
+
+    With ``truths``, ``evidence`` is fitted on the way: before each stage decides, the
+    calibration of the combined score for the stages run so far, from the queries still open.
+    """
+    queries = range(len(predictions[stages[0].name].hits))
+    seen: list[dict[int, list[float]]] = [{} for _ in queries]
+    scored: Scored = {}
+    open_queries = list(queries)
+    for number, stage in enumerate(stages):
+        stages_run = tuple(s.name for s in stages[: number + 1])
+        fresh = {q: [(ref, round(stage.score(distance), 6))
+                     for ref, distance in predictions[stage.name].hits[q]] for q in open_queries}
+        for q, found in fresh.items():
+            for ref, score in found:
+                seen[q].setdefault(ref, []).append(score)
+        if truths is not None and number > 0:  # the exact stage's matches stay certain
+            pairs = [(combine_scores(seen[q][ref]), ref == truths[q])
+                     for q, found in fresh.items() for ref, _ in found]
+            evidence.after[run_key(stages_run)] = Calibration.fit(
+                [1.0 - raw for raw, _ in pairs], [correct for _, correct in pairs])
+        still_open = []
+        for q, found in fresh.items():
+            combined = {ref: round(evidence.combine(stages_run, seen[q][ref]), 6) for ref, _ in found}
+            scored.update({(q, ref): score for ref, score in combined.items()})
+            if max(combined.values(), default=0.0) < min_score:
+                still_open.append(q)
+        open_queries = still_open
+    return scored
+
+
+def _predict(stage, evaluation: EvalSet) -> Predictions:
     index = stage.new_index()
-    signals = _signals(stage, half.references)
-    for number, signal in enumerate(signals):
+    for number, signal in enumerate(_signals(stage, evaluation.references)):
         index.add(str(number), signal)
-    query_signals = _signals(stage, [q.image for q in half.queries])
+    query_signals = _signals(stage, [q.image for q in evaluation.queries])
     return Predictions([[(int(h.key), h.distance) for h in index.search(s, TOP_K)]
                         for s in query_signals])
 
@@ -169,23 +252,42 @@ class _PdqReference:
         return BinaryIndex(256)
 
 
-def _pdq_if_installed(half: Half) -> dict[str, Scored]:
+def _pdq_if_installed(evaluation: EvalSet) -> dict[str, Scored]:
     try:
         import pdqhash
     except ImportError:
         say("pdqhash is not installed (pip install 'dupwatch[bench]'): no PDQ column")
         return {}
-    return {"pdq": _scored(_predict(_PdqReference(pdqhash), half), lambda d: 1.0 - d / 256)}
+    return {"pdq": _scored(_predict(_PdqReference(pdqhash), evaluation), lambda d: 1.0 - d / 256)}
 
 
-def _fit(predictions: Predictions, half: Half) -> Calibration:
-    """Precision of a candidate (any of a query's top ones) as a function of its distance."""
-    pairs = [(distance, ref == q.truth) for hits, q in zip(predictions.hits, half.queries)
-             for ref, distance in hits]
-    return Calibration.fit([d for d, _ in pairs], [c for _, c in pairs])
+def _stages(settings: Settings, model: EmbeddingModel,
+            calibrations: dict[str, Calibration]) -> list:
+    """The worker's default stages, in its order, with these calibrations."""
+    return [Sha256Stage(),
+            PHashStage(settings.phash_size, settings.phash_max_distance,
+                       calibrations["phash"], settings.phash_near_distance),
+            ReorientedPHashStage(settings.phash_size, settings.phash_max_distance,
+                                 calibrations["phash_reoriented"], settings.phash_near_distance),
+            EmbeddingStage(model, calibrations["embedding"])]
 
 
-Scored = dict[tuple[int, int], float]  # (query, reference) -> score
+def _fit(settings: Settings, model: EmbeddingModel, evaluation: EvalSet) -> tuple[list, Evidence]:
+    """Every stage's calibration (precision of a candidate, any of a query's top ones, as a
+    function of its distance), then the combined evidence's, as the worker will use them."""
+    raw = _stages(settings, model, {name: Calibration.linear(2.0)
+                                    for name in ("phash", "phash_reoriented", "embedding")})
+    predictions = {stage.name: _predict(stage, evaluation) for stage in raw}
+    truths = [q.truth for q in evaluation.queries]
+    calibrations = {}
+    for stage in raw[1:]:
+        pairs = [(distance, ref == truths[q]) for q, hits in enumerate(predictions[stage.name].hits)
+                 for ref, distance in hits]
+        calibrations[stage.name] = Calibration.fit([d for d, _ in pairs], [c for _, c in pairs])
+    stages = _stages(settings, model, calibrations)
+    evidence = Evidence()
+    _cascade(stages, predictions, evidence, settings.min_score, truths)
+    return stages, evidence
 
 
 def _scored(predictions: Predictions, score) -> Scored:
@@ -193,17 +295,11 @@ def _scored(predictions: Predictions, score) -> Scored:
             for ref, distance in hits}
 
 
-def _combine(all_scored: list[Scored]) -> Scored:
-    """The cascade's score for each pair: its stages' calibrated scores combined."""
-    pairs = set().union(*all_scored)
-    return {pair: combine_scores([scored[pair] for scored in all_scored if pair in scored])
-            for pair in pairs}
-
-
-def _metrics(scored: Scored, half: Half) -> dict:
-    positives = sum(q.truth is not None for q in half.queries)
+def _metrics(scored: Scored, evaluation: EvalSet) -> dict:
+    queries = evaluation.queries
+    positives = sum(q.truth is not None for q in queries)
     ranked = sorted(scored.items(), key=lambda item: -item[1])
-    correct = np.array([half.queries[q].truth == ref for (q, ref), _ in ranked], dtype=float)
+    correct = np.array([queries[q].truth == ref for (q, ref), _ in ranked], dtype=float)
     true_positives = np.cumsum(correct)
     precision = true_positives / np.arange(1, len(ranked) + 1)
     recall = true_positives / positives
@@ -211,36 +307,82 @@ def _metrics(scored: Scored, half: Half) -> dict:
     ok = np.nonzero(precision >= 0.99)[0]
     cut = int(ok.max()) if len(ok) else -1
     threshold = ranked[cut][1] if cut >= 0 else float("inf")
-    found = {q for (q, ref), s in scored.items() if s >= threshold and half.queries[q].truth == ref}
-    per_family = {}
-    for family in sorted(FAMILIES):
-        members = [i for i, q in enumerate(half.queries) if q.family == family]
-        per_family[family] = round(len(found.intersection(members)) / len(members), 3)
-    return {"micro_ap": round(micro_ap, 4), "recall_at_p99": round(float(recall[cut]) if cut >= 0 else 0.0, 4),
-            "threshold_at_p99": None if cut < 0 else round(threshold, 6), "recall_per_family": per_family}
+    found = {q for (q, ref), s in scored.items() if s >= threshold and queries[q].truth == ref}
+    return {"micro_ap": round(micro_ap, 4),
+            "recall_at_p99": round(float(recall[cut]) if cut >= 0 else 0.0, 4),
+            "threshold_at_p99": None if cut < 0 else round(threshold, 6),
+            "recall_per_family": _recall_by(found, queries, lambda q: q.family),
+            "recall_per_kind": _recall_by(found, queries, lambda q: _kind_bucket(q.kind))}
 
 
-def _at_threshold(scored: Scored, half: Half, threshold: float) -> dict:
+def _kind_bucket(kind: str) -> str:
+    return "photo" if kind in PHOTO_KINDS else "other"
+
+
+def _recall_by(found: set[int], queries: list[Query], key) -> dict[str, float]:
+    totals = Counter(key(q) for q in queries if q.truth is not None)
+    hits = Counter(key(queries[i]) for i in found)
+    return {name: round(hits[name] / total, 3) for name, total in sorted(totals.items())}
+
+
+def _at_threshold(scored: Scored, evaluation: EvalSet, threshold: float) -> dict:
+    queries = evaluation.queries
     accepted = [(q, ref) for (q, ref), score in scored.items() if score >= threshold]
-    correct = {q for q, ref in accepted if half.queries[q].truth == ref}
-    positives = [i for i, q in enumerate(half.queries) if q.truth is not None]
-    per_family = {family: round(len(correct.intersection(
-        i for i in positives if half.queries[i].family == family)) / max(1, sum(
-            half.queries[i].family == family for i in positives)), 3) for family in sorted(FAMILIES)}
+    correct = {q for q, ref in accepted if queries[q].truth == ref}
+    positives = sum(q.truth is not None for q in queries)
     return {"min_score": threshold,
             "precision": round(len(correct) / len(accepted), 4) if accepted else None,
-            "recall": round(len(correct) / len(positives), 4), "recall_per_family": per_family}
+            "recall": round(len(correct) / positives, 4),
+            "false_matches": len(accepted) - len(correct),
+            "recall_per_family": _recall_by(correct, queries, lambda q: q.family)}
+
+
+def _lookalikes(photos: list[Photo], stages: list, evidence: Evidence, settings: Settings,
+                limits: DecodeLimits) -> dict:
+    """Distinct images streamed through the worker's cascade: every match is a false one."""
+    chosen = _one_per_group(photos)
+    random.Random(SEED + 3).shuffle(chosen)
+    chosen = chosen[:LOOKALIKES]
+    cascade = Cascade(stages, limits, min_score=settings.min_score, search_k=settings.search_k,
+                      evidence=evidence)
+    matched: list[dict] = []
+    for number, photo in enumerate(chosen):
+        image = ImageInput(photo.path.read_bytes(), limits)
+        result = cascade.check("lookalikes", photo.path.name, image)
+        if result.label is not VerdictLabel.UNIQUE and result.match is not None:
+            matched.append({"image": photo.path.name, "kind": photo.kind, "match": result.match.image_id,
+                            "stage": result.match.stage, "score": result.match.score})
+        if number % 100 == 99:
+            say(f"look-alikes: {number + 1}/{len(chosen)}, {len(matched)} matched")
+    by_kind = Counter(_kind_bucket(p.kind) for p in chosen)
+    wrong = Counter(_kind_bucket(m["kind"]) for m in matched)
+    return {"images": len(chosen), "matched": len(matched),
+            "false_positive_rate": round(len(matched) / max(1, len(chosen)), 4),
+            "false_positive_rate_per_kind": {k: round(wrong[k] / n, 4) for k, n in by_kind.items()},
+            "images_per_kind": dict(by_kind), "matches": matched}
 
 
 def _table(results: dict) -> list[tuple[str, str]]:
-    methods = results["methods"]
-    rows = [("method", "  ".join(f"{name:>9}" for name in methods)),
-            ("micro-AP", "  ".join(f"{m['micro_ap']:>9.3f}" for m in methods.values())),
-            ("recall@P99", "  ".join(f"{m['recall_at_p99']:>9.3f}" for m in methods.values()))]
-    for family in results["families"]:
-        rows.append((f"  {family}", "  ".join(f"{m['recall_per_family'][family]:>9.2f}"
-                                              for m in methods.values())))
-    live = results["cascade_at_min_score"]
-    rows.append((f"cascade at min_score {live['min_score']}",
-                 f"precision {live['precision']}, recall {live['recall']}"))
+    rows: list[tuple[str, str]] = []
+    for split_name, result in results["splits"].items():
+        if "skipped" in result:
+            rows.append((f"[{split_name}]", f"skipped: {result['skipped']}"))
+            continue
+        methods = result["methods"]
+        rows += [(f"[{split_name}] method", "  ".join(f"{name:>9}" for name in methods)),
+                 ("micro-AP", "  ".join(f"{m['micro_ap']:>9.3f}" for m in methods.values())),
+                 ("recall@P99", "  ".join(f"{m['recall_at_p99']:>9.3f}" for m in methods.values()))]
+        for family in result["families"]:
+            rows.append((f"  {family}", "  ".join(f"{m['recall_per_family'][family]:>9.2f}"
+                                                  for m in methods.values())))
+        for kind in next(iter(methods.values()))["recall_per_kind"]:
+            rows.append((f"  kind: {kind}", "  ".join(f"{m['recall_per_kind'][kind]:>9.2f}"
+                                                      for m in methods.values())))
+        live = result["cascade_at_min_score"]
+        rows.append((f"cascade at min_score {live['min_score']}",
+                     f"precision {live['precision']}, recall {live['recall']}, "
+                     f"{live['false_matches']} false matches"))
+    looks = results["lookalikes"]
+    rows.append(("look-alikes matched", f"{looks['matched']} of {looks['images']} distinct images "
+                 f"({looks['false_positive_rate']:.1%}; per kind {looks['false_positive_rate_per_kind']})"))
     return rows

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from dupwatch.detectors.calibration import combine_scores, load_calibrations
+from dupwatch.detectors.calibration import Evidence, load_calibrations
 from dupwatch.detectors.image import DecodeLimits, ImageInput
 from dupwatch.detectors.phash import PHashStage, ReorientedPHashStage
 from dupwatch.detectors.protocol import Stage
@@ -75,8 +75,10 @@ class Cascade:
     def __init__(self, stages: list[Stage], limits: DecodeLimits, min_score: float = 0.99,
                  search_k: int = 8, top_k: int = 0, search_threads: int = 1,
                  model_version: str | None = None, store: Store | None = None,
-                 match_only_tenants: frozenset[str] = frozenset()) -> None:
+                 match_only_tenants: frozenset[str] = frozenset(),
+                 evidence: Evidence = Evidence()) -> None:
         self.stages = stages
+        self.evidence = evidence
         self.min_score = min_score
         self.limits = limits
         self.search_k = search_k
@@ -233,10 +235,11 @@ class Cascade:
         """
         fresh = [self._candidate(stage, hit) for hit in hits]
         run.candidates.extend(fresh)
+        stages_run = tuple(s.name for s in self.stages[: self.stages.index(stage) + 1])
         best = None
         for candidate in fresh:
-            combined = round(combine_scores([c.score for c in run.candidates
-                                             if c.image_id == candidate.image_id]), 6)
+            combined = round(self.evidence.combine(stages_run, [
+                c.score for c in run.candidates if c.image_id == candidate.image_id]), 6)
             if combined >= self.min_score and (best is None or combined > best.score):
                 best = Candidate(candidate.image_id, stage.name, combined, candidate.distance)
         return best
@@ -250,7 +253,7 @@ class Cascade:
 def build_cascade(settings: Settings,
                   on_embedding_batch: Callable[[int, float], None] | None = None) -> Cascade:
     """The cascade the settings describe, with any saved indexes loaded."""
-    calibrations = load_calibrations(CALIBRATION_FILE)
+    calibrations, evidence = load_calibrations(CALIBRATION_FILE)
     stages: list[Stage] = []
     model_version = None
     for name in settings.stages:
@@ -274,7 +277,8 @@ def build_cascade(settings: Settings,
     cascade = Cascade(stages, limits,
                       min_score=settings.min_score, search_k=settings.search_k, top_k=settings.top_k,
                       search_threads=settings.search_threads, model_version=model_version,
-                      match_only_tenants=frozenset(settings.match_only_tenants))
+                      match_only_tenants=frozenset(settings.match_only_tenants),
+                      evidence=evidence)
     state = settings.state_path()
     if state is not None and isinstance(cascade.store, LocalStore):
         cascade.store.load(state)

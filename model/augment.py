@@ -5,9 +5,12 @@ same seed gives the same copy: training draws fresh ones, the quality benchmark 
 """
 from __future__ import annotations
 
+import functools
+import io
 import random
 import string
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
@@ -29,8 +32,8 @@ def _colour(rng: random.Random) -> tuple[int, int, int]:
 
 
 def crop(image: Image.Image, rng: random.Random) -> Image.Image:
-    """Keep 30-70 % of the area, anywhere in the picture."""
-    return image.crop(random_box(image, rng, 0.3, 0.7))
+    """Keep 25-60 % of the area, anywhere in the picture."""
+    return image.crop(random_box(image, rng, 0.25, 0.6))
 
 
 def random_box(image: Image.Image, rng: random.Random, min_area: float, max_area: float
@@ -78,9 +81,12 @@ def blur(image: Image.Image, rng: random.Random) -> Image.Image:
 
 
 def jpeg(image: Image.Image, rng: random.Random) -> Image.Image:
-    import io
+    return _reencoded(image, rng.randint(5, 20))
+
+
+def _reencoded(image: Image.Image, quality: int) -> Image.Image:
     buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=rng.randint(5, 20))
+    image.save(buffer, "JPEG", quality=quality)
     return Image.open(buffer).convert("RGB")
 
 
@@ -178,27 +184,79 @@ def resize(image: Image.Image, rng: random.Random) -> Image.Image:
                          max(16, int(image.height * rng.uniform(0.3, 0.8)))))
 
 
-SINGLE: dict[str, Transform] = {
+class Patch:
+    """Another picture pasted over this one, covering 20-30 % of it (DISC's overlay family):
+    a rectangle cut from a donor image, anywhere. Donors default to the bundled sample photos;
+    training and the quality benchmark pass their own."""
+
+    def __init__(self, donors: Sequence[Image.Image] = ()) -> None:
+        self._donors = list(donors)
+
+    def __call__(self, image: Image.Image, rng: random.Random) -> Image.Image:
+        donors = self._donors or _bundled_photos()
+        donor = donors[rng.randrange(len(donors))]
+        area = rng.uniform(0.2, 0.3)
+        aspect = rng.uniform(0.6, 1.6)
+        w = max(8, min(image.width, int(image.width * (area * aspect) ** 0.5)))
+        h = max(8, min(image.height, int(image.height * (area / aspect) ** 0.5)))
+        patch = donor.crop(random_box(donor, rng, 0.1, 0.5)).convert("RGB").resize((w, h))
+        pasted = image.copy()
+        pasted.paste(patch, (rng.randint(0, image.width - w), rng.randint(0, image.height - h)))
+        return pasted
+
+
+@functools.cache
+def _bundled_photos() -> tuple[Image.Image, ...]:
+    folder = Path(__file__).resolve().parents[1] / "samples" / "originals"
+    photos = []
+    for path in sorted(folder.glob("*.jpg")):
+        with Image.open(path) as photo:
+            photo.thumbnail((256, 256))
+            photos.append(photo.convert("RGB"))
+    return tuple(photos)
+
+
+_FIXED: dict[str, Transform] = {
     f.__name__: f for f in (crop, rotate90, rotate, flip, colour, greyscale, blur, jpeg, text,
                             sticker, pad, screenshot, meme, perspective, pixelate, noise, resize)
 }
+def families(donors: Sequence[Image.Image] = ()) -> dict[str, Transform]:
+    """Every family by name: the single edits, ``patch`` (overlays cut from ``donors``) and
+    ``combo`` (2-3 stacked single edits)."""
+    single: dict[str, Transform] = {**_FIXED, "patch": Patch(donors)}
+
+    def combo(image: Image.Image, rng: random.Random) -> Image.Image:
+        for name in rng.sample(sorted(single), rng.randint(2, 3)):
+            image = single[name](image, rng)
+        return image
+
+    return {**single, "combo": combo}
 
 
-def combo(image: Image.Image, rng: random.Random) -> Image.Image:
-    for name in rng.sample(sorted(SINGLE), rng.randint(2, 3)):
-        image = SINGLE[name](image, rng)
-    return image
+FAMILIES: dict[str, Transform] = families()
+SINGLE: tuple[str, ...] = tuple(sorted(name for name in FAMILIES if name != "combo"))
 
 
-FAMILIES: dict[str, Transform] = {**SINGLE, "combo": combo}
+def training_pair(image: Image.Image, rng: random.Random, chosen: dict[str, Transform],
+                  focus: tuple[str, ...] = ()) -> tuple[Image.Image, Image.Image]:
+    """A positive pair shaped like a lookup: a reference view (the picture as an upload brings
+    it: scaled and re-encoded) and a copy view (1-3 edits of any family; with ``focus``, half of
+    the copies start with one of those families, the ones the model finds hardest)."""
+    return reference_view(image, rng), training_view(image, rng, chosen, focus)
 
 
-def training_view(image: Image.Image, rng: random.Random,
+def reference_view(image: Image.Image, rng: random.Random) -> Image.Image:
+    """The picture scaled to 50-100 % and saved as a JPEG of quality 60-95."""
+    scale = rng.uniform(0.5, 1.0)
+    scaled = image.resize((max(16, int(image.width * scale)), max(16, int(image.height * scale))))
+    return _reencoded(scaled, rng.randint(60, 95))
+
+
+def training_view(image: Image.Image, rng: random.Random, chosen: dict[str, Transform],
                   focus: tuple[str, ...] = ()) -> Image.Image:
-    """A positive view for training: 1-3 edits, any family, sometimes none; with ``focus``,
-    half of the views start with one of those families (the ones the model finds hardest)."""
+    """A copy for training: 1-3 edits, any family; see :func:`training_pair` for ``focus``."""
     if focus and rng.random() < 0.5:
-        image = FAMILIES[rng.choice(sorted(focus))](image, rng)
-    for _ in range(rng.choice([0, 1, 1, 2, 2, 3])):
-        image = FAMILIES[rng.choice(sorted(SINGLE))](image, rng)
+        image = chosen[rng.choice(sorted(focus))](image, rng)
+    for _ in range(rng.choice([1, 1, 2, 2, 3])):
+        image = chosen[rng.choice(SINGLE)](image, rng)
     return image

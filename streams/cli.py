@@ -167,11 +167,13 @@ def _parser() -> argparse.ArgumentParser:
                        "distractors from held-out photos with fixed seeds; reports micro-AP, "
                        "recall at precision 0.99 and recall per family for pHash, the embedding "
                        "and the calibrated cascade.")
-    quality.add_argument("--photos", required=True, metavar="DIR",
-                         help="photo folder, e.g. one made by shared/gather_training_photos.sh; "
-                              "only its held-out photos are used (see --all)")
+    quality.add_argument("--photos", required=True, metavar="DIR", action="append",
+                         help="a gathered image folder with its manifest.csv (from "
+                              "shared/gather_training_photos.sh or model/gather.py); repeat for "
+                              "more. Only held-out sources and photos are used (see --all)")
     quality.add_argument("--all", action="store_true",
-                         help="use every photo in --photos (a folder reserved for evaluation)")
+                         help="measure every image in --photos with the shipped calibration (for "
+                              "a folder reserved for evaluation)")
     quality.add_argument("--write-calibration", action="store_true",
                          help="also refit the stages' score calibration (model/calibration.json)")
     quality.add_argument("--out", default="bench-quality.json", metavar="FILE",
@@ -245,8 +247,9 @@ def _parser() -> argparse.ArgumentParser:
                      "encoder (--init FILE). Seeded; checkpoints "
                      "every 100 steps into --out and resumes from there; uses CUDA when "
                      "present. Writes encoder.pt, its SHA-256 and training.json.")
-    train.add_argument("--photos", required=True, metavar="DIR",
-                       help="photo folder (its held-out split is never loaded)")
+    train.add_argument("--photos", required=True, metavar="DIR", action="append",
+                       help="a gathered image folder with its manifest.csv; repeat for more "
+                            "(held-out sources and photos are never loaded)")
     train.add_argument("--out", required=True, metavar="DIR", help="checkpoint and weights folder")
     train.add_argument("--steps", type=int, default=900)
     train.add_argument("--batch", type=int, default=48, help="photos per step (two views each)")
@@ -263,6 +266,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--focus", default="", metavar="FAMILY,FAMILY",
                        help="edit families to over-sample, e.g. rotate90,crop,combo "
                             "(to continue a run on what it finds hardest: raise --steps)")
+    train.add_argument("--mine-every", type=int, default=250, metavar="STEPS",
+                       help="steps between hard-negative minings (batches built around look-alike "
+                            "images under the current encoder); 0 draws batches at random")
     train.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     return parser
 
@@ -405,9 +411,10 @@ def _bench_index(settings: Settings, args: argparse.Namespace) -> int:
 
 def _train(settings: Settings, args: argparse.Namespace) -> int:
     from dupwatch.model.train import TrainConfig, train
-    config = TrainConfig(photos=args.photos, out=args.out, steps=args.steps, batch=args.batch,
-                         resolution=args.resolution, seed=args.seed, init=args.init,
-                         lr=args.lr, warmup_steps=args.warmup_steps, koleo=args.koleo,
+    config = TrainConfig(photos=tuple(args.photos), out=args.out, steps=args.steps,
+                         batch=args.batch, resolution=args.resolution, seed=args.seed,
+                         init=args.init, lr=args.lr, warmup_steps=args.warmup_steps,
+                         koleo=args.koleo, mine_every=args.mine_every,
                          focus=tuple(f for f in args.focus.split(",") if f))
     weights = train(config, resume=not args.no_resume,
                     log=lambda line: print(line, file=sys.stderr, flush=True))
