@@ -123,7 +123,7 @@ def _root(key: tuple[str, str], parent: dict[tuple[str, str], tuple[str, str]]) 
 def thumbnails(image_ids: Iterable[str], image_paths: list[str], side: int,
                limits: DecodeLimits) -> dict[str, str | None]:
     """A JPEG data: URI per image id (None when no file has that id or it cannot be read)."""
-    files = {f.image_id: f.path for f in image_files(image_paths)}
+    files = {f.image_id: f.path for f in image_files(image_paths).files}
     ids = sorted(set(image_ids))
 
     def thumbnail(image_id: str) -> str | None:
