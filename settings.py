@@ -3,6 +3,9 @@
 Values come, in rising priority, from the field defaults, ``DUPWATCH_<NAME>`` environment
 variables and command-line flags (``--name-with-dashes``). Nothing else in dupwatch reads the
 environment: it receives a :class:`Settings`.
+
+Each setting names the commands that read it (``used_by``; without it, its group's usual
+readers in ``_GROUP_READERS``): it is a flag on those commands and in their ``--help`` only.
 """
 from __future__ import annotations
 
@@ -12,24 +15,50 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 ENV_PREFIX = "DUPWATCH_"
 
+# Who reads what: commands by their full name ("bank add", "bench soak").
+KAFKA_CLIENTS = frozenset({"worker", "publish", "remove", "bank add", "verdicts", "report",
+                           "bench soak"})
+TOPIC_CREATORS = frozenset({"worker", "publish", "remove", "bank add"})  # create what they write to
+CASCADE_RUNNERS = frozenset({"worker", "scan", "demo", "bench throughput", "bench workers",
+                             "bench soak"})
+WORKER_RUNNERS = CASCADE_RUNNERS - {"scan"}   # run `dupwatch worker` processes, in-process or not
+ENCODER_USERS = CASCADE_RUNNERS | {"bench quality", "bench embedding"}
+VECTOR_INDEX_USERS = CASCADE_RUNNERS | {"bench index"}
 
-def _opt(default: Any, help: str, group: str, **kwargs: Any) -> Any:
-    return field(default=default, metadata={"help": help, "group": group}, **kwargs)
+# Headings of the settings' groups in --help, and who reads a setting that does not say.
+GROUP_TITLES = {"kafka": "Kafka connection", "topics": "topics", "detection": "detection",
+                "limits": "input limits", "worker": "worker", "sharding": "sharded index",
+                "logging": "logging"}
+_GROUP_READERS = {"kafka": KAFKA_CLIENTS, "topics": TOPIC_CREATORS,
+                  "detection": CASCADE_RUNNERS, "limits": CASCADE_RUNNERS,
+                  "worker": frozenset({"worker"}), "sharding": frozenset({"worker"}),
+                  "logging": KAFKA_CLIENTS}
 
 
-def _list(default: list[str], help: str, group: str) -> Any:
-    return field(default_factory=lambda: list(default), metadata={"help": help, "group": group})
+def _opt(default: Any, help: str, group: str, used_by: Iterable[str] | None = None,
+         **kwargs: Any) -> Any:
+    return field(default=default, metadata=_metadata(help, group, used_by), **kwargs)
+
+
+def _list(default: list[str], help: str, group: str, used_by: Iterable[str] | None = None) -> Any:
+    return field(default_factory=lambda: list(default), metadata=_metadata(help, group, used_by))
+
+
+def _metadata(help: str, group: str, used_by: Iterable[str] | None) -> dict[str, Any]:
+    readers = _GROUP_READERS[group] if used_by is None else frozenset(used_by)
+    return {"help": help, "group": group, "used_by": readers}
 
 
 @dataclass(frozen=True)
 class Settings:
     # -- kafka: where the broker is and how to authenticate to it
     bootstrap_servers: str = _opt(
-        "127.0.0.1:9092", "Kafka bootstrap servers, comma separated (host:port,...).", "kafka")
+        "127.0.0.1:9092", "Kafka bootstrap servers, comma separated (host:port,...).", "kafka",
+        used_by=KAFKA_CLIENTS | {"broker"})
     security_protocol: str = _opt(
         "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.", "kafka")
     sasl_mechanism: str = _opt("PLAIN", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.", "kafka")
@@ -39,10 +68,13 @@ class Settings:
     ssl_certfile: str = _opt("", "Client certificate (PEM) for mutual TLS.", "kafka")
     ssl_keyfile: str = _opt("", "Client private key (PEM) for mutual TLS.", "kafka")
     # -- topics: names and layout, created explicitly at start-up
-    input_topic: str = _opt("dupwatch.images", "Topic the image events are read from.", "topics")
-    verdict_topic: str = _opt("dupwatch.verdicts", "Topic the verdicts are written to.", "topics")
+    input_topic: str = _opt("dupwatch.images", "Topic the image events are read from.", "topics",
+                            used_by={"worker", "publish"})
+    verdict_topic: str = _opt("dupwatch.verdicts", "Topic the verdicts are written to.", "topics",
+                              used_by={"worker", "verdicts"})
     dead_letter_topic: str = _opt(
-        "dupwatch.dead-letters", "Topic that receives rejected events with a reason.", "topics")
+        "dupwatch.dead-letters", "Topic that receives rejected events with a reason.", "topics",
+        used_by={"worker", "verdicts"})
     partitions: int = _opt(4, "Partitions for the topics dupwatch creates.", "topics")
     replication_factor: int = _opt(1, "Replication factor for the topics dupwatch creates.", "topics")
     # -- detection: the cascade's stages and thresholds
@@ -52,46 +84,54 @@ class Settings:
         "detection")
     min_score: float = _opt(
         0.99, "Calibrated score (measured precision) a match needs to be decisive, any stage.",
-        "detection")
+        "detection", used_by=CASCADE_RUNNERS | {"bench quality"})
     phash_size: int = _opt(
-        8, "pHash grid side: the hash has phash_size^2 bits (8 gives 64 bits).", "detection")
+        8, "pHash grid side: the hash has phash_size^2 bits (8 gives 64 bits).", "detection",
+        used_by=CASCADE_RUNNERS | {"bench quality"})
     phash_max_distance: int = _opt(
         16, "Largest Hamming distance (bits) at which a pHash match counts as evidence at all.",
-        "detection")
+        "detection", used_by=CASCADE_RUNNERS | {"bench quality"})
     phash_near_distance: int = _opt(
         8, "Largest Hamming distance (bits) of a match labelled near_duplicate, not variant.",
         "detection")
     decode_draft_side: int = _opt(
         256, "Decode big JPEGs at reduced scale while the shorter side stays >= this (0: off).",
-        "detection")
+        "detection", used_by=CASCADE_RUNNERS | {"bench quality"})
     weights: str = _opt(
-        "", "Encoder weights file (empty: the bundled model/weights/encoder-v2.pt).", "detection")
+        "", "Encoder weights file (empty: the bundled model/weights/encoder-v2.pt).", "detection",
+        used_by=ENCODER_USERS)
     embedding_resolution: int = _opt(
-        160, "Side in pixels the encoder sees (the model was trained at 160).", "detection")
-    embedding_device: str = _opt("auto", "auto (CUDA when present), cuda or cpu.", "detection")
+        160, "Side in pixels the encoder sees (the model was trained at 160).", "detection",
+        used_by=ENCODER_USERS)
+    embedding_device: str = _opt("auto", "auto (CUDA when present), cuda or cpu.", "detection",
+                                 used_by=ENCODER_USERS)
     embedding_threads: int = _opt(
-        0, "CPU threads for the encoder (0: PyTorch's default, one per core).", "detection")
+        0, "CPU threads for the encoder (0: PyTorch's default, one per core).", "detection",
+        used_by=ENCODER_USERS)
     vector_index: str = _opt(
         "flat", "Embedding index of each tenant: flat (exact; search time grows with the index: "
         "~80 ms at 1M images), hnsw-sq8 (graph of int8 codes: ~1-3 ms at any size, best recall; "
         "removals are filtered tombstones) or ivf-sq8 (int8 inverted file: least memory, lower "
-        "recall). README: Choosing the vector index.", "detection")
+        "recall). README: Choosing the vector index.", "detection", used_by=VECTOR_INDEX_USERS)
     vector_train_after: int = _opt(
         200_000, "hnsw-sq8 / ivf-sq8: vectors an index serves exactly (flat) before it trains on "
-        "them and switches, once; ivf-sq8 makes one list per 50 of them.", "detection")
+        "them and switches, once; ivf-sq8 makes one list per 50 of them.", "detection",
+        used_by=VECTOR_INDEX_USERS)
     vector_ef_search: int = _opt(
         256, "hnsw-sq8: candidates kept while walking the graph per search; more finds more "
-        "true neighbours and is slower.", "detection")
+        "true neighbours and is slower.", "detection", used_by=VECTOR_INDEX_USERS)
     vector_nprobe: int = _opt(
         16, "ivf-sq8: lists scanned per search; more finds more true neighbours and is slower.",
-        "detection")
+        "detection", used_by=VECTOR_INDEX_USERS)
     search_k: int = _opt(8, "Candidates each stage fetches from its index.", "detection")
     top_k: int = _opt(0, "Best candidates to list in each verdict (0: none).", "detection")
     # -- limits: what counts as bad input
     max_event_bytes: int = _opt(
-        16 * 1024 * 1024, "Largest accepted event or image, in bytes.", "limits")
+        16 * 1024 * 1024, "Largest accepted event or image, in bytes.", "limits",
+        used_by=CASCADE_RUNNERS | {"publish", "bank add"})
     max_image_pixels: int = _opt(
-        50_000_000, "Largest accepted image area in pixels (decompression-bomb guard).", "limits")
+        50_000_000, "Largest accepted image area in pixels (decompression-bomb guard).", "limits",
+        used_by=CASCADE_RUNNERS | {"bench quality", "report"})
     decode_timeout_ms: int = _opt(
         10_000, "Longest one image may take to decode before it is dead-lettered as "
         "decode_timeout (0: no limit).", "limits")
@@ -99,37 +139,45 @@ class Settings:
         16 * 1024, "Largest accepted 'metadata' object, as JSON bytes.", "limits")
     uri_roots: list[str] = _list(
         [], "Directories that file:// URIs may point into, comma separated (empty: none).",
-        "limits")
+        "limits", used_by={"worker"})
     fetch_allow_hosts: list[str] = _list(
         [], "Hosts that http(s):// URIs may fetch from, comma separated; *.example.com matches "
-        "every subdomain of example.com (empty: http(s) URIs are refused).", "limits")
+        "every subdomain of example.com (empty: http(s) URIs are refused).", "limits",
+        used_by={"worker"})
     fetch_allow_private_networks: list[str] = _list(
         [], "Private, loopback or link-local networks (CIDR, e.g. 10.1.0.0/16) that fetches may "
         "reach anyway, such as an internal image store (empty: all refused, against SSRF).",
-        "limits")
+        "limits", used_by={"worker"})
     fetch_timeout_s: float = _opt(
-        10.0, "Longest one http(s) fetch may take, redirects and retries included.", "limits")
+        10.0, "Longest one http(s) fetch may take, redirects and retries included.", "limits",
+        used_by={"worker"})
     fetch_connect_timeout_s: float = _opt(
-        3.0, "Longest wait for one connection to a fetch host.", "limits")
+        3.0, "Longest wait for one connection to a fetch host.", "limits", used_by={"worker"})
     fetch_retries: int = _opt(
         2, "Extra fetch attempts after a transient failure (connection error, timeout, HTTP "
-        "5xx, 408 or 429); then the event is dead-lettered as fetch_failed.", "limits")
+        "5xx, 408 or 429); then the event is dead-lettered as fetch_failed.", "limits",
+        used_by={"worker"})
     fetch_max_redirects: int = _opt(
-        3, "Most redirects one fetch follows; each hop is checked like the first.", "limits")
+        3, "Most redirects one fetch follows; each hop is checked like the first.", "limits",
+        used_by={"worker"})
     dead_letter_excerpt_bytes: int = _opt(
-        1024, "Bytes of the original payload kept in a dead-letter record.", "limits")
+        1024, "Bytes of the original payload kept in a dead-letter record.", "limits",
+        used_by={"worker", "scan"})
     # -- worker: the stream processor
     group_id: str = _opt("dupwatch", "Consumer group and Faust app id of the workers.", "worker")
     worker_name: str = _opt(
         f"{socket.gethostname()}-{os.getpid()}", "Name written into each verdict.", "worker")
-    batch_size: int = _opt(64, "Most events the worker takes into one batch.", "worker")
+    batch_size: int = _opt(64, "Most events the worker takes into one batch.", "worker",
+                           used_by=WORKER_RUNNERS)
     batch_timeout_ms: int = _opt(
-        20, "Longest wait (ms) for a batch to fill before it is processed.", "worker")
+        20, "Longest wait (ms) for a batch to fill before it is processed.", "worker",
+        used_by=WORKER_RUNNERS)
     decode_threads: int = _opt(
         os.cpu_count() or 2, "Threads that parse and decode a batch's images in parallel.",
-        "worker")
+        "worker", used_by=CASCADE_RUNNERS)
     search_threads: int = _opt(
-        1, "FAISS (OpenMP) threads per search; more only helps big batched searches.", "worker")
+        1, "FAISS (OpenMP) threads per search; more only helps big batched searches.", "worker",
+        used_by=VECTOR_INDEX_USERS)
     state_dir: str = _opt(
         "", "Directory for index snapshots, loaded at start and saved at stop (empty: memory only).",
         "worker")
@@ -138,21 +186,21 @@ class Settings:
     web_enabled: bool = _opt(
         True, "Serve the worker's HTTP endpoints (metrics and health probes).", "worker")
     rebalance_timeout_s: float = _opt(
-        20.0, "Consumer-group rebalance timeout (s); a join waits about half of it.", "worker")
+        20.0, "Consumer-group rebalance timeout (s); a join waits about half of it.", "worker",
+        used_by={"worker", "bench workers"})
     session_timeout_s: float = _opt(
         20.0, "Consumer-group session timeout (s): how soon a dead worker is noticed.", "worker")
-    log_level: str = _opt("warning", "Worker log level: debug, info, warning or error.", "worker")
 
     # -- sharding: the index split over workers (0 shards: each worker holds all of it)
     shards: int = _opt(
         0, "Index shards over Kafka (partitions of the changelog); 0 keeps every index in the "
-        "worker's memory, for a single worker.", "sharding")
+        "worker's memory, for a single worker.", "sharding", used_by={"worker", "bench workers"})
     index_topic_prefix: str = _opt(
         "dupwatch.index", "Prefix of the sharded index's topics: .changelog, .lookups, .answers.",
         "sharding")
     control_topic: str = _opt(
         "dupwatch.control", "Topic of takedown and bank commands (dupwatch remove, bank add).",
-        "sharding")
+        "sharding", used_by={"worker", "remove", "bank add"})
     match_only_tenants: list[str] = _list(
         [], "Tenants checked against their bank but never indexed (moderation banks).",
         "sharding")
@@ -162,6 +210,12 @@ class Settings:
     lookup_retry_s: float = _opt(
         5.0, "Resend a lookup to shards that have not answered within this long (rebalancing).",
         "sharding")
+
+    # -- logging
+    log_level: str = _opt(
+        "info", "debug, info, warning or error: dupwatch's own lines at this level and above. "
+        "Faust and aiokafka log only warnings and errors, librdkafka nothing, unless debug.",
+        "logging", used_by=KAFKA_CLIENTS | {"broker", "demo"})
 
     @property
     def bootstrap_list(self) -> list[str]:
@@ -186,31 +240,27 @@ class Settings:
         return cls(**values)
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser, groups: list[str]) -> None:
-        """Add one ``--flag`` per setting in ``groups``; unset flags keep env/default values."""
-        for group in groups:
-            arg_group = parser.add_argument_group(f"{group} settings")
-            for f in dataclasses.fields(cls):
-                if f.metadata["group"] != group:
-                    continue
-                env_name = ENV_PREFIX + f.name.upper()
-                arg_group.add_argument(
-                    "--" + f.name.replace("_", "-"), dest=f.name, default=None,
-                    metavar=_metavar(f), help=f"{f.metadata['help']} [env {env_name}]")
+    def add_arguments(cls, parser: argparse.ArgumentParser, command: str) -> None:
+        """Add a ``--flag`` for each setting ``command`` reads, under its group's heading, with
+        its default; unset flags keep the environment's or the default value."""
+        groups: dict[str, argparse._ArgumentGroup] = {}
+        for f in dataclasses.fields(cls):
+            if command not in f.metadata["used_by"]:
+                continue
+            group = f.metadata["group"]
+            if group not in groups:
+                groups[group] = parser.add_argument_group(f"{GROUP_TITLES[group]} settings")
+            env_name = ENV_PREFIX + f.name.upper()
+            groups[group].add_argument(
+                "--" + f.name.replace("_", "-"), dest=f.name, default=None, metavar=_metavar(f),
+                help=f"{f.metadata['help']} [default: {_shown_default(f) or '(empty)'}; env "
+                     f"{env_name}]".replace("%", "%%"))
 
     @classmethod
     def reference_rows(cls) -> list[tuple[str, str, str, str]]:
         """(flag, env var, default, help) for every setting: the README's configuration table."""
-        rows = []
-        for f in dataclasses.fields(cls):
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            if f.name in _MACHINE_DEFAULTS:
-                default = _MACHINE_DEFAULTS[f.name]
-            if isinstance(default, list):
-                default = ",".join(default)
-            rows.append(("--" + f.name.replace("_", "-"), ENV_PREFIX + f.name.upper(),
-                         str(default), f.metadata["help"]))
-        return rows
+        return [("--" + f.name.replace("_", "-"), ENV_PREFIX + f.name.upper(), _shown_default(f),
+                 f.metadata["help"]) for f in dataclasses.fields(cls)]
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``DUPWATCH_*`` variables, to hand to a child process."""
@@ -227,6 +277,13 @@ class Settings:
 
 
 _MACHINE_DEFAULTS = {"worker_name": "<hostname>-<pid>", "decode_threads": "<CPU count>"}
+
+
+def _shown_default(f: dataclasses.Field) -> str:
+    if f.name in _MACHINE_DEFAULTS:
+        return _MACHINE_DEFAULTS[f.name]
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return ",".join(default) if isinstance(default, list) else str(default)
 
 
 def _metavar(f: dataclasses.Field) -> str:

@@ -110,7 +110,7 @@ def _broker(settings: Settings, own: bool) -> Iterator[tuple[Settings, EmbeddedB
 def _sources(images_dir: str | None) -> list[Image.Image]:
     """Source photos, downscaled: the bundled originals and unrelated photos, or a folder's."""
     if images_dir:
-        paths = [f.path for f in image_files([images_dir])]
+        paths = [f.path for f in image_files([images_dir]).files]
     else:
         paths = [s.file.path for s in load_samples() if s.role != "copy"]
     paths = random.Random(SEED).sample(paths, min(len(paths), MAX_SOURCES))

@@ -30,7 +30,7 @@ from dupwatch.streams.worker_process import WorkerProcess
 
 
 def run_throughput_bench(settings: Settings, images_dir: str | None, count: int, out: str) -> int:
-    photos = [f.path.read_bytes() for f in image_files([images_dir or str(samples_dir())])]
+    photos = [f.path.read_bytes() for f in image_files([images_dir or str(samples_dir())]).files]
     if not photos:
         raise SystemExit(f"dupwatch: no images found in {images_dir}")
     payloads = [photos[i % len(photos)] for i in range(count)]

@@ -27,7 +27,7 @@ from dupwatch.streams.worker_process import WorkerProcess
 
 
 def run_workers_bench(settings: Settings, counts: list[int], events: int, out: str) -> int:
-    photos = [f.path.read_bytes() for f in image_files([str(samples_dir())])]
+    photos = [f.path.read_bytes() for f in image_files([str(samples_dir())]).files]
     payloads = [photos[i % len(photos)] for i in range(events)]
     shards = settings.shards or max(counts)
     runs = []

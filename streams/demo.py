@@ -1,6 +1,7 @@
 """`dupwatch demo`: embedded broker + worker, the bundled samples in, a verdict table out."""
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from collections import Counter
@@ -21,15 +22,18 @@ WAVE_TIMEOUT_S = 120.0
 def run_demo(settings: Settings) -> int:
     samples = load_samples()
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
-    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as scratch:
+    # Kept after the demo (it is small): what the worker did is worth a look when a verdict
+    # differs from the expected one.
+    handle, log_path = tempfile.mkstemp(prefix="dupwatch-demo-worker-", suffix=".log")
+    os.close(handle)
+    with EmbeddedBroker() as broker:
         settings = settings.replace(bootstrap_servers=broker.bootstrap_servers,
                                     group_id="dupwatch-demo", rebalance_timeout_s=6.0,
                                     session_timeout_s=6.0, web_port=free_port())
         say(f"embedded broker on {broker.bootstrap_servers}; starting a worker "
-            f"(log: {Path(scratch) / 'worker.log'}, "
-            f"metrics: http://127.0.0.1:{settings.web_port}/metrics)")
+            f"(log: {log_path}, metrics: http://127.0.0.1:{settings.web_port}/metrics)")
         ensure_topics(settings)
-        with WorkerProcess(settings, Path(scratch) / "worker.log"), \
+        with WorkerProcess(settings, Path(log_path)), \
                 TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
             table = TablePrinter(sys.stdout)
             publisher = Publisher(settings)
@@ -43,17 +47,17 @@ def run_demo(settings: Settings) -> int:
                     table.row(record.document)
                     received[record.document.get("image_id") or "?"] = record.document
             publisher.close()
-        return _summarise(samples, received, say)
+        return _summarise(samples, received, say, log_path)
 
 
-def _summarise(samples: list[Sample], received: dict[str, dict], say) -> int:
+def _summarise(samples: list[Sample], received: dict[str, dict], say, log_path: str) -> int:
     labels = Counter(doc.get("verdict", "rejected") for doc in received.values())
     wrong = [s.file.image_id for s in samples
              if received.get(s.file.image_id, {}).get("verdict") != s.expected_verdict]
     say(f"\n{len(received)}/{len(samples)} verdicts: "
         + ", ".join(f"{n} {label}" for label, n in sorted(labels.items())))
     if wrong:
-        say(f"differs from samples/manifest.csv: {', '.join(wrong)}")
+        say(f"differs from samples/manifest.csv: {', '.join(wrong)} (worker log: {log_path})")
         return 1
     say("every verdict matches the expected one in samples/manifest.csv")
     return 0

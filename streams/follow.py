@@ -6,10 +6,19 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Message, TopicPartition,
+)
 
 from dupwatch.settings import Settings
 from dupwatch.streams.kafka import confluent_config
+
+# How long the first fetches may take to reach the end of every partition.
+_FIRST_FETCH_WAIT_S = 10.0
+
+
+class MissingTopic(Exception):
+    """A topic to read does not exist (yet)."""
 
 
 @dataclass(frozen=True)
@@ -20,19 +29,47 @@ class Record:
 
 
 class TopicReader:
-    """Reads whole topics by assignment (no consumer group, so no rebalance wait)."""
+    """Reads whole topics by assignment (no consumer group, so no rebalance wait).
+
+    Without ``from_beginning`` it yields only records written after it started. It starts at
+    each partition's end as the broker lists it, and drops what it reads before the partition's
+    first end-of-partition event: some brokers (Tansu) list the end short, at the last record
+    batch's first offset + 1, which would replay the rest of that batch.
+    """
 
     def __init__(self, settings: Settings, topics: list[str], from_beginning: bool = True) -> None:
         self._consumer = Consumer(confluent_config(
             settings, **{"group.id": "dupwatch-reader", "enable.auto.commit": False,
                          # some brokers hold a fetch for its whole wait even when data arrives;
                          # a short wait keeps a live view live
-                         "fetch.wait.max.ms": 25}))
+                         "fetch.wait.max.ms": 25, "enable.partition.eof": True}))
         offset = OFFSET_BEGINNING if from_beginning else OFFSET_END
         metadata = self._consumer.list_topics(timeout=30)
+        missing = [topic for topic in topics if topic not in metadata.topics]
+        if missing:
+            self._consumer.close()
+            raise MissingTopic(f"no topic {', '.join(missing)} on {settings.bootstrap_servers} "
+                               "yet: a worker creates it when it starts (`dupwatch worker`)")
         partitions = [TopicPartition(topic, p, offset) for topic in topics
                       for p in metadata.topics[topic].partitions]
         self._consumer.assign(partitions)
+        self._pending: list[Message] = []
+        if not from_beginning:
+            self._skip_to_the_end(len(partitions))
+
+    def _skip_to_the_end(self, partitions: int) -> None:
+        at_end: set[tuple[str, int]] = set()
+        deadline = time.monotonic() + _FIRST_FETCH_WAIT_S
+        while len(at_end) < partitions and time.monotonic() < deadline:
+            message = self._consumer.poll(0.05)
+            if message is None:
+                continue
+            where = (message.topic(), message.partition())
+            if message.error() is not None:
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    at_end.add(where)
+            elif where in at_end:  # new: its partition had reached the end before
+                self._pending.append(message)
 
     def records(self, *, max_records: int | None = None,
                 idle_timeout_s: float | None = None) -> Iterator[Record]:
@@ -40,7 +77,7 @@ class TopicReader:
         seen = 0
         last = time.monotonic()
         while max_records is None or seen < max_records:
-            message = self._consumer.poll(0.2)
+            message = self._pending.pop(0) if self._pending else self._consumer.poll(0.2)
             if message is None or message.error():
                 if idle_timeout_s is not None and time.monotonic() - last > idle_timeout_s:
                     return

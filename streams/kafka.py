@@ -1,12 +1,14 @@
 """Kafka client configuration shared by confluent-kafka (CLI tools) and Faust (the worker)."""
 from __future__ import annotations
 
+import re
 import ssl
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Collection
 
 import faust
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from dupwatch.settings import Settings
@@ -43,6 +45,8 @@ def confluent_config(settings: Settings, **extra: Any) -> dict[str, Any]:
                               "security.protocol": protocol,
                               # a broker closing idle connections is routine, not worth a log line
                               "log.connection.close": False}
+    if settings.log_level != "debug":  # the command reports what matters in its own words
+        config["log_level"] = 0
     if "SASL" in protocol:
         config.update({"sasl.mechanism": settings.sasl_mechanism.upper(),
                        "sasl.username": settings.sasl_username,
@@ -77,11 +81,14 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext:
     return context
 
 
-def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> None:
-    """Create the topics dupwatch uses if missing (existing ones are kept as they are)."""
+def ensure_topics(settings: Settings, timeout_s: float = 30.0,
+                  only: Collection[str] | None = None) -> None:
+    """Create the topics dupwatch uses (``only`` those named) if missing; existing ones are
+    kept as they are."""
     admin = AdminClient(confluent_config(settings))
     existing = admin.list_topics(timeout=timeout_s).topics
-    missing = [topic for topic in _topics(settings) if topic.topic not in existing]
+    missing = [topic for topic in _topics(settings)
+               if topic.topic not in existing and (only is None or topic.topic in only)]
     if not missing:
         return
     for name, future in admin.create_topics(missing, request_timeout=timeout_s).items():
@@ -108,3 +115,49 @@ def _topics(settings: Settings) -> list[NewTopic]:
             NewTopic(names.answers, max(settings.shards, settings.partitions), replicas,
                      config={"retention.ms": "3600000"})]
     return topics
+
+
+class BrokerUnreachable(Exception):
+    """No broker answered: one line for the user, and exit status 2."""
+
+
+BROKER_WAIT_S = 5.0  # long enough for a broker started a moment ago, short for a typo
+
+
+def require_broker(settings: Settings, wait_s: float = BROKER_WAIT_S) -> None:
+    """Return once the cluster answers; else raise :class:`BrokerUnreachable` naming the
+    address, what went wrong and what to try. Commands call it before any other Kafka work."""
+    errors: list[KafkaError] = []
+    admin = AdminClient(confluent_config(settings, error_cb=errors.append))
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            admin.list_topics(timeout=1)
+            return
+        except KafkaException:
+            admin.poll(0)  # hands librdkafka's errors to error_cb
+            if time.monotonic() >= deadline:
+                raise BrokerUnreachable(_unreachable(settings, errors)) from None
+
+
+def _unreachable(settings: Settings, errors: list[KafkaError]) -> str:
+    address = settings.bootstrap_servers
+    codes = {error.code() for error in errors}
+    reason = _reason(errors[-1]) if errors else f"no answer within {BROKER_WAIT_S:.0f} s"
+    if KafkaError._AUTHENTICATION in codes:
+        return (f"the Kafka broker at {address} refused to authenticate this client ({reason}); "
+                "check --security-protocol, --sasl-mechanism, --sasl-username and "
+                "--sasl-password (or their DUPWATCH_* variables)")
+    if KafkaError._SSL in codes:
+        return (f"no TLS connection to the Kafka broker at {address} ({reason}); check "
+                "--security-protocol and --ssl-cafile, --ssl-certfile, --ssl-keyfile")
+    return (f"no Kafka broker answers at {address} ({reason}). Start one on this machine with "
+            "`dupwatch broker`, or give the address of yours with --bootstrap-servers "
+            "(or DUPWATCH_BOOTSTRAP_SERVERS)")
+
+
+def _reason(error: KafkaError) -> str:
+    """librdkafka's message without its broker prefix and state suffix: 'Connection refused'."""
+    text = re.sub(r"^\S+/(bootstrap|\d+): ", "", error.str())
+    text = re.sub(r" \(after \d+ms in state \w+\)$", "", text)
+    return text.split(" failed: ", 1)[-1]

@@ -25,7 +25,8 @@ from confluent_kafka import KafkaException
 from dupwatch.detectors.image import DecodeLimits, decode
 from dupwatch.schemas import Rejected
 from dupwatch.settings import Settings
-from dupwatch.streams.follow import TopicReader
+from dupwatch.streams.follow import MissingTopic, TopicReader
+from dupwatch.streams.kafka import require_broker
 from dupwatch.streams.progress import Progress, wanted
 from dupwatch.streams.sources import image_files
 
@@ -81,7 +82,7 @@ def read_topic(settings: Settings, topic: str, idle_timeout_s: float,
                max_records: int | None) -> Verdicts:
     try:
         reader = TopicReader(settings, [topic], from_beginning=True)
-    except KeyError:  # the broker does not list it
+    except MissingTopic:
         raise SystemExit(f"dupwatch: {topic}: no such file, and no such topic on "
                          f"{settings.bootstrap_servers}") from None
     except KafkaException as exc:
@@ -122,7 +123,7 @@ def _root(key: tuple[str, str], parent: dict[tuple[str, str], tuple[str, str]]) 
 def thumbnails(image_ids: Iterable[str], image_paths: list[str], side: int,
                limits: DecodeLimits) -> dict[str, str | None]:
     """A JPEG data: URI per image id (None when no file has that id or it cannot be read)."""
-    files = {f.image_id: f.path for f in image_files(image_paths)}
+    files = {f.image_id: f.path for f in image_files(image_paths).files}
     ids = sorted(set(image_ids))
 
     def thumbnail(image_id: str) -> str | None:
@@ -186,6 +187,7 @@ def load_verdicts(settings: Settings, source: str, idle_timeout_s: float,
         return read_jsonl(path)
     if path.suffix in (".json", ".jsonl", ".txt") or "/" in source:
         raise SystemExit(f"dupwatch: {source}: no such file (a topic name has no '/' or suffix)")
+    require_broker(settings)
     print(f"reading {source} from {settings.bootstrap_servers} until {idle_timeout_s:g}s pass "
           "without a new verdict", file=sys.stderr)
     return read_topic(settings, source, idle_timeout_s, max_records)

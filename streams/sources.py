@@ -54,23 +54,45 @@ class ImageFile:
         return CONTENT_TYPES.get(self.path.suffix.lower())
 
 
-def image_files(paths: list[str]) -> list[ImageFile]:
-    """Files in argument order; directories walked in sorted order, image suffixes only.
+@dataclass(frozen=True)
+class FileSelection:
+    files: list[ImageFile]
+    skipped: list[tuple[Path, str]]   # (file, why), for the command to report
 
-    A file's id is its name; a file found in a directory is named by its path inside it.
+
+def image_files(paths: list[str]) -> FileSelection:
+    """Files in argument order, directories walked in sorted order.
+
+    In a directory only files with an image suffix are taken: the others are ``skipped``, as is
+    a file given twice. Ids are unique within the selection: each file's path relative to the
+    deepest folder that holds every argument (one file: its name; one directory: the path
+    inside it; ``a/x.jpg b/x.jpg``: ``a/x.jpg`` and ``b/x.jpg``).
     """
-    found: list[ImageFile] = []
+    found: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
     for arg in paths:
         root = Path(arg)
         if root.is_dir():
-            found.extend(ImageFile(p.relative_to(root).as_posix(), p)
-                         for p in sorted(root.rglob("*"))
-                         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            for path in sorted(p for p in root.rglob("*") if p.is_file()):
+                if path.suffix.lower() in IMAGE_SUFFIXES:
+                    found.append(path)
+                else:
+                    skipped.append((path, f"not an image file name ({path.suffix or 'no suffix'})"))
         elif root.is_file():
-            found.append(ImageFile(root.name, root))
+            found.append(root)  # named on purpose: taken whatever its suffix
         else:
             raise SystemExit(f"dupwatch: {arg}: no such file or directory")
-    return found
+    base = os.path.commonpath([Path(arg).absolute() if Path(arg).is_dir()
+                               else Path(arg).absolute().parent for arg in paths]) if paths else ""
+    files: list[ImageFile] = []
+    seen: set[Path] = set()
+    for path in found:
+        if path.resolve() in seen:
+            skipped.append((path, "given more than once"))
+            continue
+        seen.add(path.resolve())
+        files.append(ImageFile(path.absolute().relative_to(base).as_posix(), path))
+    return FileSelection(files, skipped)
 
 
 def read_uri(uri: str, settings: Settings) -> bytes:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +19,11 @@ def test_demo_prints_a_verdict_for_every_sample_and_exits_cleanly(samples) -> No
     rows = [line.split() for line in result.stdout.splitlines()[2:]]
     assert len(rows) == len(samples)
     expected = {s.file.image_id: s.expected_verdict for s in samples}
-    assert {row[0]: row[1] for row in rows} == expected
+    assert {row[1]: row[2] for row in rows} == expected  # tenant, image, verdict, ...
     assert "every verdict matches" in result.stderr
+    # The worker's log outlives the demo, and says what the worker did.
+    log = Path(re.search(r"\(log: (\S+),", result.stderr).group(1))
+    assert "starting: broker" in log.read_text() and "\x1b" not in log.read_text()
 
 
 def test_throughput_bench_writes_json_and_a_table(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ def scan_with_terminal(photos: Path, *, stdout_on_terminal: bool) -> tuple[str, 
     controller, terminal = pty.openpty()
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "dupwatch", "scan", str(photos)],
+            [sys.executable, "-m", "dupwatch", "scan", "--format", "jsonl", str(photos)],
             stdout=terminal if stdout_on_terminal else subprocess.PIPE, stderr=terminal,
             timeout=300, check=True)
         os.close(terminal)

@@ -21,6 +21,7 @@ from dupwatch.detectors import build_cascade
 from dupwatch.model import augment
 from dupwatch.schemas import ImageEvent, validate
 from dupwatch.settings import Settings
+from dupwatch.streams.broker import free_port
 from dupwatch.streams.follow import TopicReader
 from dupwatch.streams.kafka import ensure_topics
 from dupwatch.streams.processor import InputRecord, Processor
@@ -101,7 +102,7 @@ def stream_run(bootstrap_servers: str, tmp_path_factory, samples) -> StreamRun:
         verdict_topic=f"s{run}.verdicts", dead_letter_topic=f"s{run}.dead-letters",
         group_id=f"dupwatch-stream-{run}", partitions=1, rebalance_timeout_s=6.0,
         session_timeout_s=6.0, max_event_bytes=MAX_EVENT_BYTES, uri_roots=[str(scratch / "uploads")],
-        worker_name="stream-test")
+        worker_name="stream-test", web_port=free_port())  # the machine is shared: not 6066
     ensure_topics(settings)
     first, second = in_upload_order(samples)
     expected = {f"shop/{Path(s.file.image_id).name}": (s.expected_verdict, Path(s.source).name if s.source else None)
@@ -115,11 +116,13 @@ def stream_run(bootstrap_servers: str, tmp_path_factory, samples) -> StreamRun:
 
     with WorkerProcess(settings, scratch / "worker.log"), \
             TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
-        # Wave 1 through the real CLI, as a user would publish a folder.
-        subprocess.run([sys.executable, "-m", "dupwatch", "publish", "--tenant", "shop",
-                        str(samples_dir() / "originals"), str(samples_dir() / "unrelated")],
-                       env={**os.environ, **settings.to_env()}, check=True, timeout=120,
-                       capture_output=True)
+        # Wave 1 through the real CLI, as a user would publish a folder (one at a time: the
+        # files of one folder are named by their path inside it).
+        for folder in ("originals", "unrelated"):
+            subprocess.run([sys.executable, "-m", "dupwatch", "publish", "--tenant", "shop",
+                            str(samples_dir() / folder)],
+                           env={**os.environ, **settings.to_env()}, check=True, timeout=120,
+                           capture_output=True)
         records = list(reader.records(max_records=len(first), idle_timeout_s=90))
         # Wave 2: copies with bad events in between, a URI event and another tenant.
         good = list(file_events([_by_name(s) for s in first], "shop"))
