@@ -237,12 +237,15 @@ def _parser() -> argparse.ArgumentParser:
     workers.add_argument("--out", default="bench-workers.json", metavar="FILE",
                          help="where to write the JSON results")
     quality = _command(benches, "bench quality", _bench_quality,
-                       "Detection quality per transform on held-out real photos.",
-                       "Builds references, transformed copies (18 families: crops, rotations, "
-                       "flips, colour, overlays, screenshots, ...), negative queries and "
-                       "distractors from held-out photos with fixed seeds; reports micro-AP, "
-                       "recall at precision 0.99 and recall per family for pHash, the embedding "
-                       "and the calibrated cascade.")
+                       "Detection quality on images from sources training never saw.",
+                       "Fits the worker's score calibration on one group of held-out source "
+                       "packages and measures on another (and on photos held out within the "
+                       "training packages): references, edited copies (19 families: crops, "
+                       "rotations, overlays, screenshots, ...), look-alike and edited negatives, "
+                       "with fixed seeds. Reports micro-AP, recall at precision 0.99 per family "
+                       "and kind, and precision at the worker's min_score for pHash, PDQ, the "
+                       "embedding and the cascade; then streams the held-out images through the "
+                       "cascade and counts false matches among distinct look-alikes.")
     quality.add_argument("--photos", required=True, metavar="DIR", action="append",
                          help="a gathered image folder with its manifest.csv (from "
                               "shared/gather_training_photos.sh or model/gather.py); repeat for "
@@ -251,7 +254,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="measure every image in --photos with the shipped calibration (for "
                               "a folder reserved for evaluation)")
     quality.add_argument("--write-calibration", action="store_true",
-                         help="also refit the stages' score calibration (model/calibration.json)")
+                         help="write the calibration fitted here for the worker "
+                              "(model/calibration.json)")
     quality.add_argument("--out", default="bench-quality.json", metavar="FILE",
                          help="where to write the JSON results")
     embedding = _command(benches, "bench embedding", _bench_embedding,
@@ -317,9 +321,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="where to write the JSON results (summary and time series)")
 
     train = _command(commands, "train", _train,
-                     "Train the siamese encoder on a folder of real photos.",
-                     "Metric learning (InfoNCE over pairs of augmented views, in-batch "
-                     "negatives) from the ImageNet Lite0 initialisation, or fine-tuning an earlier "
+                     "Train the siamese encoder on gathered images (photos, screenshots, ...).",
+                     "Metric learning (InfoNCE over lookup-shaped pairs: a reference view and an "
+                     "edited copy; negatives from the batch, built around mined look-alikes) from the ImageNet Lite0 initialisation, or fine-tuning an earlier "
                      "encoder (--init FILE). Seeded; checkpoints "
                      "every 100 steps into --out and resumes from there; uses CUDA when "
                      "present. Writes encoder.pt, its SHA-256 and training.json.")
@@ -327,15 +331,16 @@ def _parser() -> argparse.ArgumentParser:
                        help="a gathered image folder with its manifest.csv; repeat for more "
                             "(held-out sources and photos are never loaded)")
     train.add_argument("--out", required=True, metavar="DIR", help="checkpoint and weights folder")
-    train.add_argument("--steps", type=int, default=900)
-    train.add_argument("--batch", type=int, default=48, help="photos per step (two views each)")
-    train.add_argument("--resolution", type=int, default=160)
-    train.add_argument("--seed", type=int, default=1)
+    train.add_argument("--steps", type=int, default=900, help="optimiser steps in all")
+    train.add_argument("--batch", type=int, default=48, help="images per step (two views each)")
+    train.add_argument("--resolution", type=int, default=160, help="input side in pixels")
+    train.add_argument("--seed", type=int, default=1, help="seeds batches and edits")
     train.add_argument("--init", default="imagenet-lite0", metavar="imagenet-lite0|scratch|FILE",
                        help="start from the ImageNet Lite0 backbone, from random weights, or "
                             "fine-tune an earlier encoder, e.g. runs/v1/encoder.pt")
     train.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate")
-    train.add_argument("--warmup-steps", type=int, default=50)
+    train.add_argument("--warmup-steps", type=int, default=50,
+                       help="steps of linear warm-up before the cosine decay")
     train.add_argument("--koleo", type=float, default=0.0, metavar="WEIGHT",
                        help="weight of SSCD's entropy (KoLeo) regulariser, which spreads unrelated "
                             "images apart; 0 turns it off")
