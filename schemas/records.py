@@ -55,6 +55,12 @@ def redact_urls(text: bytes) -> bytes:
     return _QUERY.sub(rb"\1***", _USERINFO.sub(rb"\1***@", text))
 
 
+def strict_json_bytes(doc: Any) -> bytes:
+    """Compact JSON that strict parsers accept: NaN or Infinity raise ValueError (a bug: input
+    with them is refused, see validation.strict_json)."""
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -75,7 +81,7 @@ class ControlCommand:
             doc.update(image_id=self.image_ids[0], data=base64.b64encode(self.data or b"").decode())
         else:
             doc["image_ids"] = self.image_ids
-        return json.dumps(doc).encode()
+        return strict_json_bytes(doc)
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,7 @@ class ImageEvent:
                 doc[name] = getattr(self, name)
         if self.metadata:
             doc["metadata"] = self.metadata
-        return json.dumps(doc, separators=(",", ":")).encode()
+        return strict_json_bytes(doc)
 
     @property
     def key(self) -> bytes:
@@ -142,7 +148,7 @@ class Verdict:
         return doc
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        return strict_json_bytes(self.to_dict())
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> "Verdict":
@@ -188,4 +194,4 @@ class DeadLetter:
         return doc
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        return strict_json_bytes(self.to_dict())
