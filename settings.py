@@ -65,7 +65,11 @@ class Settings:
         256, "Decode big JPEGs at reduced scale while the shorter side stays >= this (0: off).",
         "detection")
     weights: str = _opt(
-        "", "Encoder weights file (empty: the bundled model/weights/encoder-v2.pt).", "detection")
+        "", "Encoder weights file (empty: the bundled model/weights/encoder-v2.pt, whose SHA-256 "
+        "dupwatch knows).", "detection")
+    weights_sha256: str = _opt(
+        "", "SHA-256 (hex) that --weights must have; required with --weights: weights are code "
+        "and load only when pinned.", "detection")
     embedding_resolution: int = _opt(
         160, "Side in pixels the encoder sees (the model was trained at 160).", "detection")
     embedding_device: str = _opt("auto", "auto (CUDA when present), cuda or cpu.", "detection")

@@ -23,7 +23,7 @@ from PIL import Image
 from dupwatch.bench.report import machine, write_results
 from dupwatch.detectors.calibration import Calibration, combine_scores, save_calibrations
 from dupwatch.detectors.cascade import CALIBRATION_FILE
-from dupwatch.detectors.embedding import DEFAULT_WEIGHTS, EmbeddingModel, EmbeddingStage
+from dupwatch.detectors.embedding import EmbeddingModel, EmbeddingStage
 from dupwatch.detectors.image import DecodeLimits, ImageInput
 from dupwatch.detectors.phash import PHashStage, ReorientedPHashStage
 from dupwatch.index import BinaryIndex
@@ -70,9 +70,9 @@ def run_quality_bench(settings: Settings, photos_dir: str, use_all: bool, out: s
     # Raw stages: their scores are what this run calibrates, so no calibration is loaded.
     phash = PHashStage(settings.phash_size, settings.phash_max_distance)
     reoriented = ReorientedPHashStage(settings.phash_size, settings.phash_max_distance)
-    model = EmbeddingModel.load(Path(settings.weights or DEFAULT_WEIGHTS),
+    model = EmbeddingModel.load(Path(settings.weights) if settings.weights else None,
                                 settings.embedding_resolution, settings.embedding_device,
-                                settings.embedding_threads)
+                                settings.embedding_threads, sha256=settings.weights_sha256 or None)
     embedding = EmbeddingStage(model, Calibration.linear(2.0))
     stages = [phash, reoriented, embedding]
     say(f"{len(held_out)} held-out photos; calibration half {len(calibration_half.queries)} "

@@ -244,7 +244,8 @@ def _parser() -> argparse.ArgumentParser:
                      "negatives) from the ImageNet Lite0 initialisation, or fine-tuning an earlier "
                      "encoder (--init FILE). Seeded; checkpoints "
                      "every 100 steps into --out and resumes from there; uses CUDA when "
-                     "present. Writes encoder.pt, its SHA-256 and training.json.")
+                     "present. Writes encoder.pt and training.json (with its SHA-256, for "
+                     "--weights-sha256).")
     train.add_argument("--photos", required=True, metavar="DIR",
                        help="photo folder (its held-out split is never loaded)")
     train.add_argument("--out", required=True, metavar="DIR", help="checkpoint and weights folder")
