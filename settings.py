@@ -97,8 +97,15 @@ class Settings:
     max_image_pixels: int = _opt(
         50_000_000, "Largest accepted image area in pixels (decompression-bomb guard).", "limits")
     decode_timeout_ms: int = _opt(
-        10_000, "Longest one image may take to decode before it is dead-lettered as "
-        "decode_timeout (0: no limit).", "limits")
+        10_000, "Longest one image may take to decode: then its decode process is killed and the "
+        "event dead-lettered as decode_timeout (0: no limit).", "limits")
+    decode_memory_mb: int = _opt(
+        1024, "Memory one decode process may take for one image beyond its own (0: no limit); "
+        "more is dead-lettered as too_large.", "limits")
+    max_jpeg_scans: int = _opt(
+        100, "Most scans a progressive JPEG may have, counted from its markers before decoding "
+        "(encoders write about 10); more is dead-lettered as too_complex (0: no limit).",
+        "limits")
     max_metadata_bytes: int = _opt(
         16 * 1024, "Largest accepted 'metadata' object, as JSON bytes.", "limits")
     uri_roots: list[str] = _list(
@@ -120,6 +127,9 @@ class Settings:
         "5xx, 408 or 429); then the event is dead-lettered as fetch_failed.", "limits")
     fetch_max_redirects: int = _opt(
         3, "Most redirects one fetch follows; each hop is checked like the first.", "limits")
+    fetch_tenant_concurrency: int = _opt(
+        16, "Fetches one tenant may run at once; its others wait for its own slots (on their own "
+        "fetch_timeout_s clock), never for another tenant's.", "limits")
     dead_letter_excerpt_bytes: int = _opt(
         1024, "Bytes of the original payload kept in a dead-letter record.", "limits")
     # -- worker: the stream processor
@@ -130,8 +140,9 @@ class Settings:
     batch_timeout_ms: int = _opt(
         20, "Longest wait (ms) for a batch to fill before it is processed.", "worker")
     decode_threads: int = _opt(
-        os.cpu_count() or 2, "Threads that parse and decode a batch's images in parallel.",
-        "worker")
+        os.cpu_count() or 2, "Processes that decode a batch's images in parallel (one tenant uses "
+        "at most this many; the pool grows to twice as many while several tenants have images), "
+        "and threads that parse events.", "worker")
     search_threads: int = _opt(
         1, "FAISS (OpenMP) threads per search; more only helps big batched searches.", "worker")
     state_dir: str = _opt(

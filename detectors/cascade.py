@@ -270,7 +270,8 @@ def build_cascade(settings: Settings,
             raise SystemExit(f"dupwatch: unknown stage {name!r} in stages "
                              "(choose from sha256, phash, phash_reoriented, embedding)")
     limits = DecodeLimits(settings.max_image_pixels, settings.decode_draft_side,
-                          settings.decode_timeout_ms)
+                          settings.decode_timeout_ms, settings.max_jpeg_scans,
+                          settings.decode_memory_mb)
     cascade = Cascade(stages, limits,
                       min_score=settings.min_score, search_k=settings.search_k, top_k=settings.top_k,
                       search_threads=settings.search_threads, model_version=model_version,

@@ -28,6 +28,7 @@ class Reason(str, Enum):
     TOO_LARGE = "too_large"
     DECODE_FAILED = "decode_failed"
     DECODE_TIMEOUT = "decode_timeout"
+    TOO_COMPLEX = "too_complex"       # structure that would cost far more to decode than its size
     UNSUPPORTED_FORMAT = "unsupported_format"
     FETCH_REFUSED = "fetch_refused"   # policy: never retried (outside uri_roots, SSRF, allowlist)
     FETCH_FAILED = "fetch_failed"     # the source failed, after retries where that could help

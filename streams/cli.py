@@ -238,6 +238,19 @@ def _parser() -> argparse.ArgumentParser:
     soak.add_argument("--out", default="bench-soak.json", metavar="FILE",
                       help="where to write the JSON results (summary and time series)")
 
+    hostile = _command(benches, "hostile", _bench_hostile, ["detection", "limits", "worker"],
+                       "What hostile input of one tenant costs the others: scan bombs among good "
+                       "events, slow-loris sources ahead of good events, and `dupwatch scan` of "
+                       "bombs among photos.",
+                       "Each scenario runs an embedded broker and one worker process with the "
+                       "given settings (bombs: also with --max-jpeg-scans 0, so the decode "
+                       "processes are stopped at --decode-timeout-ms) and reports how many good "
+                       "events got verdicts and how late.")
+    hostile.add_argument("--scenarios", default="bombs,slow,scan", metavar="NAME,NAME",
+                         help="scenarios to run (bombs, slow, scan)")
+    hostile.add_argument("--out", default="bench-hostile.json", metavar="FILE",
+                         help="where to write the JSON results")
+
     train = _command(commands, "train", _train, [],
                      "Train the siamese encoder on a folder of real photos.",
                      "Metric learning (InfoNCE over pairs of augmented views, in-batch "
@@ -420,6 +433,11 @@ def _bench_workers(settings: Settings, args: argparse.Namespace) -> int:
     from dupwatch.bench.workers import run_workers_bench
     return run_workers_bench(settings, [int(n) for n in args.counts.split(",")], args.events,
                              args.out)
+
+
+def _bench_hostile(settings: Settings, args: argparse.Namespace) -> int:
+    from dupwatch.bench.hostile import run_hostile_bench
+    return run_hostile_bench(settings, args.scenarios.split(","), args.out)
 
 
 def _bench_throughput(settings: Settings, args: argparse.Namespace) -> int:
