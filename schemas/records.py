@@ -20,6 +20,16 @@ class VerdictLabel(str, Enum):
     VARIANT = "variant"
 
 
+class Flag(str, Enum):
+    """Notes on a verdict that change how to read it."""
+    # Flat or nearly flat picture: matched only byte for byte (sha256), never by a hash or
+    # descriptor, which cannot tell one flat picture from another of a different colour.
+    LOW_INFORMATION = "low_information"
+    # The image_id named different bytes before: this is new content under an old id, judged
+    # afresh; it replaces the old content in the index.
+    IMAGE_ID_REUSED = "image_id_reused"
+
+
 class Reason(str, Enum):
     """Stable dead-letter reason codes: downstream tooling may branch on them."""
     SCHEMA_INVALID = "schema_invalid"
@@ -139,11 +149,13 @@ class Verdict:
     model_version: str | None = None
     submitted_at: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    flags: list[Flag] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         doc = dataclasses.asdict(self)
         doc["verdict"] = self.verdict.value
+        doc["flags"] = [flag.value for flag in self.flags]
         if not self.metadata:
             del doc["metadata"]
         return doc
@@ -156,6 +168,7 @@ class Verdict:
         doc = json.loads(raw)
         doc["verdict"] = VerdictLabel(doc["verdict"])
         doc["candidates"] = [Candidate(**c) for c in doc["candidates"]]
+        doc["flags"] = [Flag(flag) for flag in doc.get("flags", [])]
         return cls(**doc)
 
 
