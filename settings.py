@@ -24,7 +24,7 @@ KAFKA_CLIENTS = frozenset({"worker", "publish", "remove", "bank add", "verdicts"
                            "bench soak"})
 TOPIC_CREATORS = frozenset({"worker", "publish", "remove", "bank add"})  # create what they write to
 CASCADE_RUNNERS = frozenset({"worker", "scan", "demo", "bench throughput", "bench workers",
-                             "bench soak"})
+                             "bench soak", "bench hostile"})
 WORKER_RUNNERS = CASCADE_RUNNERS - {"scan"}   # run `dupwatch worker` processes, in-process or not
 ENCODER_USERS = CASCADE_RUNNERS | {"bench quality", "bench embedding"}
 VECTOR_INDEX_USERS = CASCADE_RUNNERS | {"bench index"}
@@ -98,8 +98,11 @@ class Settings:
         256, "Decode big JPEGs at reduced scale while the shorter side stays >= this (0: off).",
         "detection", used_by=CASCADE_RUNNERS | {"bench quality"})
     weights: str = _opt(
-        "", "Encoder weights file (empty: the bundled model/weights/encoder-v2.pt).", "detection",
-        used_by=ENCODER_USERS)
+        "", "Encoder weights file (empty: the bundled model/weights/encoder-v2.pt, whose SHA-256 "
+        "dupwatch knows).", "detection", used_by=ENCODER_USERS)
+    weights_sha256: str = _opt(
+        "", "SHA-256 (hex) that --weights must have; required with --weights: weights are code "
+        "and load only when pinned.", "detection", used_by=ENCODER_USERS)
     embedding_resolution: int = _opt(
         160, "Side in pixels the encoder sees (the model was trained at 160).", "detection",
         used_by=ENCODER_USERS)
@@ -133,8 +136,15 @@ class Settings:
         50_000_000, "Largest accepted image area in pixels (decompression-bomb guard).", "limits",
         used_by=CASCADE_RUNNERS | {"bench quality", "report"})
     decode_timeout_ms: int = _opt(
-        10_000, "Longest one image may take to decode before it is dead-lettered as "
-        "decode_timeout (0: no limit).", "limits")
+        10_000, "Longest one image may take to decode: then its decode process is killed and the "
+        "event dead-lettered as decode_timeout (0: no limit).", "limits")
+    decode_memory_mb: int = _opt(
+        1024, "Memory one decode process may take for one image beyond its own (0: no limit); "
+        "more is dead-lettered as too_large.", "limits")
+    max_jpeg_scans: int = _opt(
+        100, "Most scans a progressive JPEG may have, counted from its markers before decoding "
+        "(encoders write about 10); more is dead-lettered as too_complex (0: no limit).",
+        "limits")
     max_metadata_bytes: int = _opt(
         16 * 1024, "Largest accepted 'metadata' object, as JSON bytes.", "limits")
     uri_roots: list[str] = _list(
@@ -160,6 +170,9 @@ class Settings:
     fetch_max_redirects: int = _opt(
         3, "Most redirects one fetch follows; each hop is checked like the first.", "limits",
         used_by={"worker"})
+    fetch_tenant_concurrency: int = _opt(
+        16, "Fetches one tenant may run at once; its others wait for its own slots (on their own "
+        "fetch_timeout_s clock), never for another tenant's.", "limits", used_by={"worker"})
     dead_letter_excerpt_bytes: int = _opt(
         1024, "Bytes of the original payload kept in a dead-letter record.", "limits",
         used_by={"worker", "scan"})
@@ -173,8 +186,9 @@ class Settings:
         20, "Longest wait (ms) for a batch to fill before it is processed.", "worker",
         used_by=WORKER_RUNNERS)
     decode_threads: int = _opt(
-        os.cpu_count() or 2, "Threads that parse and decode a batch's images in parallel.",
-        "worker", used_by=CASCADE_RUNNERS)
+        os.cpu_count() or 2, "Processes that decode a batch's images in parallel (one tenant uses "
+        "at most this many; the pool grows to twice as many while several tenants have images), "
+        "and threads that parse events.", "worker", used_by=CASCADE_RUNNERS)
     search_threads: int = _opt(
         1, "FAISS (OpenMP) threads per search; more only helps big batched searches.", "worker",
         used_by=VECTOR_INDEX_USERS)

@@ -37,7 +37,7 @@ from dupwatch.bench.report import machine, write_results
 from dupwatch.detectors.calibration import (Calibration, Evidence, combine_scores,
                                              load_calibrations, run_key, save_calibrations)
 from dupwatch.detectors.cascade import CALIBRATION_FILE, Cascade
-from dupwatch.detectors.embedding import DEFAULT_WEIGHTS, EmbeddingModel, EmbeddingStage
+from dupwatch.detectors.embedding import EmbeddingModel, EmbeddingStage
 from dupwatch.detectors.image import DecodeLimits, ImageInput
 from dupwatch.detectors.phash import PHashStage, ReorientedPHashStage
 from dupwatch.detectors.sha256 import Sha256Stage
@@ -82,9 +82,9 @@ def run_quality_bench(settings: Settings, folders: list[str], use_all: bool, out
                       write_calibration: bool) -> int:
     photos = list_photos(*map(Path, folders))
     limits = DecodeLimits(settings.max_image_pixels, settings.decode_draft_side)
-    model = EmbeddingModel.load(Path(settings.weights or DEFAULT_WEIGHTS),
+    model = EmbeddingModel.load(Path(settings.weights) if settings.weights else None,
                                 settings.embedding_resolution, settings.embedding_device,
-                                settings.embedding_threads)
+                                settings.embedding_threads, sha256=settings.weights_sha256 or None)
     groups = _groups(photos, use_all)
     say(", ".join(f"{name}: {len(members)} images" for name, members in groups.items()))
     if use_all:

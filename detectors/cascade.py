@@ -12,7 +12,7 @@ from dupwatch.detectors.phash import PHashStage, ReorientedPHashStage
 from dupwatch.detectors.protocol import Stage
 from dupwatch.detectors.sha256 import Sha256Stage
 from dupwatch.index import Entry, Hit, LocalStore, Lookup, Store, set_search_threads
-from dupwatch.schemas import Candidate, Rejected, Verdict, VerdictLabel, utc_now
+from dupwatch.schemas import Candidate, Flag, Rejected, Verdict, VerdictLabel, utc_now
 from dupwatch.settings import Settings
 
 CALIBRATION_FILE = Path(__file__).resolve().parents[1] / "model" / "calibration.json"
@@ -24,6 +24,7 @@ class CascadeResult:
     match: Candidate | None          # the decisive candidate; None when unique
     candidates: list[Candidate]      # best candidates over the stages that ran, best first
     timings_ms: dict[str, float]
+    flags: tuple[Flag, ...] = ()
 
     def to_verdict(self, *, image_id: str, tenant: str, worker: str,
                    model_version: str | None = None, submitted_at: str | None = None,
@@ -35,19 +36,21 @@ class CascadeResult:
             score=match.score if match else None, distance=match.distance if match else None,
             candidates=self.candidates, timings_ms=self.timings_ms, worker=worker,
             processed_at=utc_now(), model_version=model_version, submitted_at=submitted_at,
-            metadata=metadata or {})
+            metadata=metadata or {}, flags=list(self.flags))
 
     def to_record(self) -> dict:
         """What is stored with the indexed image, so a re-delivery gets the same verdict."""
         return {"label": self.label.value,
                 "match": _candidate_fields(self.match) if self.match else None,
-                "candidates": [_candidate_fields(c) for c in self.candidates]}
+                "candidates": [_candidate_fields(c) for c in self.candidates],
+                "flags": [flag.value for flag in self.flags]}
 
     @classmethod
     def from_record(cls, record: dict, timings_ms: dict[str, float]) -> "CascadeResult":
         match = record.get("match")
         return cls(VerdictLabel(record["label"]), Candidate(*match) if match else None,
-                   [Candidate(*c) for c in record.get("candidates", [])], timings_ms)
+                   [Candidate(*c) for c in record.get("candidates", [])], timings_ms,
+                   tuple(Flag(flag) for flag in record.get("flags", [])))
 
 
 @dataclass
@@ -61,6 +64,7 @@ class _Run:
     timings_ms: dict[str, float] = field(default_factory=dict)
     result: CascadeResult | Rejected | None = None
     redelivered: bool = False
+    flags: set[Flag] = field(default_factory=set)
 
 
 class Cascade:
@@ -109,14 +113,18 @@ class Cascade:
                     index: bool = True) -> list[CascadeResult | Rejected]:
         """Check images as if one by one in this order, each against everything before it
         (indexed earlier, or earlier in the batch), then index them unless ``index`` is False
-        or their tenant is match-only. A re-delivered image (already indexed) gets the verdict
-        it got then, and is not indexed again.
+        or their tenant is match-only. A re-delivered image (the same bytes under the same id,
+        already indexed) gets the verdict it got then, and is not indexed again; different bytes
+        under an indexed id are new content (flagged image_id_reused) and replace the old.
         """
         # OpenMP's thread count is per calling thread, and workers call from their own thread.
         set_search_threads(self.search_threads)
-        runs: dict[tuple[str, str], _Run] = {}
+        runs: dict[tuple[str, str, bytes], _Run] = {}
         for tenant, image_id, image in items:  # an image twice in a batch is checked once
-            runs.setdefault((tenant, image_id), _Run(tenant, image_id, image))
+            if (tenant, image_id, image.digest) not in runs:
+                run = runs[tenant, image_id, image.digest] = _Run(tenant, image_id, image)
+                if any(key[:2] == (tenant, image_id) for key in runs if key[2] != image.digest):
+                    run.flags.add(Flag.IMAGE_ID_REUSED)
         within_batch = self.new_local_store()
         pending = list(runs.values())
         for number, stages in enumerate(self._rounds()):
@@ -125,7 +133,8 @@ class Cascade:
             run.result = self._result(None, run)
         if index:
             self.store.add([self._entry(run) for run in runs.values() if self._indexes(run)])
-        return [runs[tenant, image_id].result for tenant, image_id, _ in items]  # type: ignore[misc]
+        return [runs[tenant, image_id, image.digest].result  # type: ignore[misc]
+                for tenant, image_id, image in items]
 
     def add_to_bank(self, tenant: str, image_id: str, image: ImageInput) -> None:
         """Index an image under every stage, with no verdict: an entry of a moderation bank
@@ -160,11 +169,13 @@ class Cascade:
         still_open = []
         for (run, signals), query, answer in zip(described, queries, answers):
             if first and answer.earlier is not None:
-                run.result = CascadeResult.from_record(answer.earlier, {"lookup": lookup_ms})
-                run.redelivered = True
-                continue
+                if _same_bytes(answer.earlier, run.image):
+                    run.result = CascadeResult.from_record(answer.earlier, {"lookup": lookup_ms})
+                    run.redelivered = True
+                    continue
+                run.flags.add(Flag.IMAGE_ID_REUSED)
             answer.merge(within_batch.lookup([query], self.search_k)[0], self.search_k)
-            for stage in stages:
+            for stage in (stage for stage in stages if stage.name in signals):
                 match = self._run_stage(stage, run, signals[stage.name],
                                         answer.hits.get(stage.name, []), lookup_ms)
                 if match is not None:
@@ -176,8 +187,9 @@ class Cascade:
         return still_open
 
     def _describe(self, stages: list[Stage], runs: list[_Run]) -> list[tuple[_Run, dict[str, Any]]]:
-        """Each run's signals for these stages. Batched stages describe all images in one call;
-        a run whose image cannot be decoded ends with the rejection."""
+        """Each run's signals for these stages (those that apply to its image). Batched stages
+        describe all images in one call; a run whose image cannot be decoded ends with the
+        rejection."""
         described = []
         for run in runs:
             try:
@@ -185,16 +197,17 @@ class Cascade:
                     run.image.pixels  # noqa: B018  decoded once (maybe ahead), timed on its own
                     run.timings_ms["decode"] = round(run.image.decode_ms or 0.0, 3)
                 for stage in stages:
-                    if not getattr(stage, "batched", False):
+                    if not getattr(stage, "batched", False) and _applies(stage, run.image):
                         _signal(stage, run.image)
                 described.append(run)
             except Rejected as error:
                 run.result = error
         for stage in stages:
             if getattr(stage, "batched", False):
-                _describe_batch(stage, [run.image for run in described])
-        return [(run, {stage.name: run.image.signals[stage.name] for stage in stages})
-                for run in described]
+                _describe_batch(stage, [run.image for run in described
+                                        if _applies(stage, run.image)])
+        return [(run, {stage.name: run.image.signals[stage.name] for stage in stages
+                       if _applies(stage, run.image)}) for run in described]
 
     def _run_stage(self, stage: Stage, run: _Run, signal: Any, hits: list[Hit],
                    lookup_ms: float) -> Candidate | None:
@@ -206,7 +219,9 @@ class Cascade:
         run.timings_ms["total"] = round(sum(run.timings_ms.values()), 3)
         label = self._label(match, run) if match else VerdictLabel.UNIQUE
         best = _best_per_image(run.candidates)[: self.top_k]
-        return CascadeResult(label, match, best, run.timings_ms)
+        if any(stage.needs_pixels for stage in self.stages) and _flat(run.image):
+            run.flags.add(Flag.LOW_INFORMATION)
+        return CascadeResult(label, match, best, run.timings_ms, tuple(sorted(run.flags)))
 
     def _indexes(self, run: _Run) -> bool:
         return (isinstance(run.result, CascadeResult) and not run.redelivered
@@ -214,7 +229,8 @@ class Cascade:
 
     @staticmethod
     def _entry(run: _Run) -> Entry:
-        record = run.result.to_record() if isinstance(run.result, CascadeResult) else {}
+        record = ({**run.result.to_record(), "sha256": run.image.digest.hex()}
+                  if isinstance(run.result, CascadeResult) else {})
         return Entry(run.tenant, run.image_id, dict(run.signals), record, time.time_ns())
 
     def _label(self, match: Candidate, run: _Run) -> VerdictLabel:
@@ -273,7 +289,8 @@ def build_cascade(settings: Settings,
             raise SystemExit(f"dupwatch: unknown stage {name!r} in stages "
                              "(choose from sha256, phash, phash_reoriented, embedding)")
     limits = DecodeLimits(settings.max_image_pixels, settings.decode_draft_side,
-                          settings.decode_timeout_ms)
+                          settings.decode_timeout_ms, settings.max_jpeg_scans,
+                          settings.decode_memory_mb)
     cascade = Cascade(stages, limits,
                       min_score=settings.min_score, search_k=settings.search_k, top_k=settings.top_k,
                       search_threads=settings.search_threads, model_version=model_version,
@@ -287,14 +304,18 @@ def build_cascade(settings: Settings,
 
 def _embedding_stage(settings: Settings, calibrations: dict,
                      on_batch: Callable[[int, float], None] | None) -> Stage:
-    from dupwatch.detectors.embedding import DEFAULT_WEIGHTS, EmbeddingModel, EmbeddingStage
+    from dupwatch.detectors.embedding import EmbeddingModel, EmbeddingStage, WeightsError
 
     if "embedding" not in calibrations:
         raise SystemExit(f"dupwatch: {CALIBRATION_FILE} has no embedding calibration; "
                          "run `dupwatch bench quality --write-calibration`")
-    model = EmbeddingModel.load(Path(settings.weights or DEFAULT_WEIGHTS),
-                                settings.embedding_resolution, settings.embedding_device,
-                                settings.embedding_threads)
+    try:
+        model = EmbeddingModel.load(Path(settings.weights) if settings.weights else None,
+                                    settings.embedding_resolution, settings.embedding_device,
+                                    settings.embedding_threads,
+                                    sha256=settings.weights_sha256 or None)
+    except WeightsError as error:
+        raise SystemExit(f"dupwatch: {error}") from None
     return EmbeddingStage(model, calibrations["embedding"], on_batch)
 
 
@@ -305,6 +326,26 @@ def _best_per_image(candidates: list[Candidate]) -> list[Candidate]:
         if candidate.image_id not in best or candidate.score > best[candidate.image_id].score:
             best[candidate.image_id] = candidate
     return sorted(best.values(), key=lambda c: -c.score)
+
+
+def _applies(stage: Stage, image: ImageInput) -> bool:
+    """Stages that look at the pixels pass over flat pictures: a hash or descriptor of a flat
+    picture is noise that matches any other flat picture, whatever its colour. (Call after
+    decoding: it reads the pixels.)"""
+    return not (stage.needs_pixels and image.low_information)
+
+
+def _flat(image: ImageInput) -> bool:
+    try:
+        return image.low_information
+    except Rejected:  # bytes that were never decoded (settled by SHA-256) and cannot be
+        return False
+
+
+def _same_bytes(record: dict, image: ImageInput) -> bool:
+    """Whether an indexed image's record is of these very bytes (a re-delivery). Records from
+    before dupwatch kept the digest count as the same, as they always did."""
+    return record.get("sha256", image.digest.hex()) == image.digest.hex()
 
 
 def _signal(stage: Stage, image: ImageInput) -> Any:

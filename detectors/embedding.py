@@ -20,45 +20,48 @@ from dupwatch.detectors.calibration import Calibration
 from dupwatch.detectors.image import ImageInput
 from dupwatch.index import VectorIndex
 from dupwatch.index.vector import VectorIndexOptions
+from dupwatch.model import pinned
 from dupwatch.schemas import VerdictLabel
 
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "model" / "weights"
-DEFAULT_WEIGHTS = WEIGHTS_DIR / "encoder-v2.pt"
+DEFAULT_WEIGHTS = pinned.bundled_path()
 
 
-class WeightsMismatch(RuntimeError):
+class WeightsError(ValueError):
+    """Weights that must not be loaded, and why (what to do is in the message)."""
+
+
+class WeightsMismatch(WeightsError):
     pass
 
 
 @dataclass(frozen=True)
 class EmbeddingModel:
-    """The committed encoder, checked against its recorded SHA-256 and loaded once."""
+    """An encoder whose weights file has the SHA-256 the code expects, loaded once."""
     encoder: object
     resolution: int
     device: str
     version: str
 
     @classmethod
-    def load(cls, weights: Path = DEFAULT_WEIGHTS, resolution: int = 160, device: str = "auto",
-             threads: int = 0) -> "EmbeddingModel":
+    def load(cls, weights: Path | None = None, resolution: int = 160, device: str = "auto",
+             threads: int = 0, *, sha256: str | None = None) -> "EmbeddingModel":
+        """The bundled encoder (``weights`` None), or the weights file ``weights``, which must
+        have the SHA-256 ``sha256``, or be a bundled file by name (model/pinned.py)."""
         import torch
 
         from dupwatch.model.encoder import Encoder, load_exported
 
-        expected = (weights.parent / (weights.name + ".sha256")).read_text().split()[0]
-        actual = hashlib.sha256(weights.read_bytes()).hexdigest()
-        if actual != expected:
-            raise WeightsMismatch(f"{weights} has SHA-256 {actual}, expected {expected}: "
-                                  "the file was changed or damaged; restore it from the repository")
+        path = weights or DEFAULT_WEIGHTS
+        actual = _checked_digest(path, sha256)
         if threads:
             torch.set_num_threads(threads)
         chosen = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         encoder = Encoder()
-        load_exported(encoder, weights)
+        load_exported(encoder, path)
         encoder = encoder.eval().to(chosen)
         if chosen == "cuda":
             encoder = encoder.half()  # half precision on GPUs: twice the throughput, same ranking
-        return cls(encoder, resolution, chosen, f"{weights.stem}+{actual[:12]}")
+        return cls(encoder, resolution, chosen, f"{path.stem}+{actual[:12]}")
 
     @property
     def dim(self) -> int:
@@ -75,6 +78,25 @@ class EmbeddingModel:
             pixels = pixels.half()
         with torch.inference_mode():
             return self.encoder(pixels).float().cpu().numpy()
+
+
+def _checked_digest(path: Path, sha256: str | None) -> str:
+    """The file's SHA-256, if it is the one expected of it; else WeightsError saying why."""
+    expected = (sha256 or pinned.BUNDLED_WEIGHTS.get(path.name, "")).strip().lower()
+    if not expected:
+        raise WeightsError(
+            f"weights {path} are not pinned: give their SHA-256 with --weights-sha256 "
+            f"(DUPWATCH_WEIGHTS_SHA256), e.g. from `sha256sum {path}` or the training run's "
+            "training.json, after checking where the file came from")
+    try:
+        actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise WeightsError(f"cannot read weights {path}: {exc.strerror}") from None
+    if actual != expected:
+        raise WeightsMismatch(f"weights {path} have SHA-256 {actual}, expected {expected}: "
+                              "the file was changed, damaged or swapped; restore it, or pin the "
+                              "weights you mean to run with --weights-sha256")
+    return actual
 
 
 def content_region(image: Image.Image, tolerance: int = 24, min_fill: float = 0.35) -> Image.Image | None:

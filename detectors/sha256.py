@@ -1,7 +1,6 @@
 """Stage 1: byte-identical copies, by SHA-256 of the raw bytes (no decode, no false positives)."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from dupwatch.detectors.image import ImageInput
@@ -15,7 +14,7 @@ class Sha256Stage:
     needs_pixels = False
 
     def describe(self, image: ImageInput) -> bytes:
-        return hashlib.sha256(image.raw).digest()
+        return image.digest
 
     def new_index(self) -> ExactIndex:
         return ExactIndex()

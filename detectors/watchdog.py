@@ -1,12 +1,12 @@
-"""Time budgets for calls that Python cannot interrupt (Pillow's decoders, the DNS resolver).
+"""Time budgets for calls that Python cannot interrupt and that cost little while they wait (the
+DNS resolver's getaddrinfo).
 
 Such calls run in C: no exception, signal or thread can stop them part way. A :class:`Watchdog`
 runs each call on a thread of its pool and stops *waiting* when the budget is spent, so the
 caller moves on (its event is dead-lettered) while the call runs to its end in the background
-and its result is dropped. (A pool rather than a thread per call: starting a thread costs about
-as much as decoding a small image.) The input limits (bytes, pixels) bound how long such a call can run
-on; ``max_overdue`` bounds how many may run on at once, so a flood of pathological inputs costs
-at most that many threads and their memory, never a stalled partition.
+and its result is dropped. ``max_overdue`` bounds how many may run on at once, so a flood of
+pathological inputs costs at most that many threads, never a stalled partition. (Decodes, which
+can burn CPU and memory for minutes, are stopped for real instead: detectors/decode_pool.py.)
 """
 from __future__ import annotations
 

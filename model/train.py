@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import random
 import time
 from collections import Counter
@@ -82,7 +83,7 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> Path:
     step = 0
     checkpoint = out / "checkpoint.pt"
     if resume and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        state = _load_checkpoint(checkpoint, device)
         encoder.load_state_dict(state["encoder"])
         optimizer.load_state_dict(state["optimizer"])
         rng.setstate(_as_tuple(state["rng"]))
@@ -178,6 +179,17 @@ def describe_all(encoder: Encoder, images: list, resolution: int, device: torch.
     return np.concatenate(parts)
 
 
+def _load_checkpoint(path: Path, device: torch.device) -> dict:
+    """A checkpoint holds tensors, numbers, strings and tuples only: anything else (pickled
+    code) is refused, never run."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise TrainingError(f"{path} holds more than tensors and plain values, so "
+                         f"it is not loaded ({str(exc).splitlines()[0]}); delete it, or start "
+                         "over with --no-resume") from None
+
+
 def info_nce(descriptors: torch.Tensor, temperature: float) -> torch.Tensor:
     """Views 2i and 2i+1 are positives; every other view in the batch is a negative."""
     similarity = descriptors @ descriptors.T / temperature
@@ -248,13 +260,13 @@ def _write_data_card(out: Path, photos: list[Photo], held_out: int) -> None:
 
 
 def export_weights(encoder: Encoder, out: Path, config: TrainConfig, seconds: float) -> Path:
-    """Half-precision state dict (small enough to commit) plus its SHA-256 and the recipe."""
+    """Half-precision state dict (small enough to commit); its SHA-256 and the recipe go to
+    training.json (the digest is what --weights-sha256 wants)."""
     state = {name: tensor.detach().cpu().half() if tensor.is_floating_point() else tensor.cpu()
              for name, tensor in encoder.state_dict().items()}
     weights = out / "encoder.pt"
     torch.save(state, weights)
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
-    (out / "encoder.pt.sha256").write_text(f"{digest}  encoder.pt\n")
     (out / "training.json").write_text(json.dumps(
         {"config": asdict(config), "seconds": round(seconds, 1), "sha256": digest,
          "torch": torch.__version__, "device": "cuda" if torch.cuda.is_available() else "cpu",

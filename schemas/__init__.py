@@ -4,13 +4,13 @@ The JSON Schema documents in ``v1/`` are the contract; the dataclasses in ``reco
 the code uses. Every record dupwatch writes is checked against its schema in the tests.
 """
 from dupwatch.schemas.records import (
-    SCHEMA_VERSION, Candidate, ControlCommand, DeadLetter, ImageEvent, Reason, Rejected, Verdict,
-    VerdictLabel, utc_now,
+    SCHEMA_VERSION, Candidate, ControlCommand, DeadLetter, Flag, ImageEvent, Reason, Rejected,
+    Verdict, VerdictLabel, utc_now,
 )
 from dupwatch.schemas.validation import parse_control, parse_image_event, schema, validate
 
 __all__ = [
-    "SCHEMA_VERSION", "Candidate", "ControlCommand", "DeadLetter", "ImageEvent", "Reason",
+    "SCHEMA_VERSION", "Candidate", "ControlCommand", "DeadLetter", "Flag", "ImageEvent", "Reason",
     "Rejected", "Verdict", "VerdictLabel", "parse_control", "parse_image_event", "schema",
     "utc_now", "validate",
 ]

@@ -20,6 +20,16 @@ class VerdictLabel(str, Enum):
     VARIANT = "variant"
 
 
+class Flag(str, Enum):
+    """Notes on a verdict that change how to read it."""
+    # Flat or nearly flat picture: matched only byte for byte (sha256), never by a hash or
+    # descriptor, which cannot tell one flat picture from another of a different colour.
+    LOW_INFORMATION = "low_information"
+    # The image_id named different bytes before: this is new content under an old id, judged
+    # afresh; it replaces the old content in the index.
+    IMAGE_ID_REUSED = "image_id_reused"
+
+
 class Reason(str, Enum):
     """Stable dead-letter reason codes: downstream tooling may branch on them."""
     SCHEMA_INVALID = "schema_invalid"
@@ -28,6 +38,7 @@ class Reason(str, Enum):
     TOO_LARGE = "too_large"
     DECODE_FAILED = "decode_failed"
     DECODE_TIMEOUT = "decode_timeout"
+    TOO_COMPLEX = "too_complex"       # structure that would cost far more to decode than its size
     UNSUPPORTED_FORMAT = "unsupported_format"
     FETCH_REFUSED = "fetch_refused"   # policy: never retried (outside uri_roots, SSRF, allowlist)
     FETCH_FAILED = "fetch_failed"     # the source failed, after retries where that could help
@@ -55,6 +66,12 @@ def redact_urls(text: bytes) -> bytes:
     return _QUERY.sub(rb"\1***", _USERINFO.sub(rb"\1***@", text))
 
 
+def strict_json_bytes(doc: Any) -> bytes:
+    """Compact JSON that strict parsers accept: NaN or Infinity raise ValueError (a bug: input
+    with them is refused, see validation.strict_json)."""
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -75,7 +92,7 @@ class ControlCommand:
             doc.update(image_id=self.image_ids[0], data=base64.b64encode(self.data or b"").decode())
         else:
             doc["image_ids"] = self.image_ids
-        return json.dumps(doc).encode()
+        return strict_json_bytes(doc)
 
 
 @dataclass(frozen=True)
@@ -100,7 +117,7 @@ class ImageEvent:
                 doc[name] = getattr(self, name)
         if self.metadata:
             doc["metadata"] = self.metadata
-        return json.dumps(doc, separators=(",", ":")).encode()
+        return strict_json_bytes(doc)
 
     @property
     def key(self) -> bytes:
@@ -132,23 +149,26 @@ class Verdict:
     model_version: str | None = None
     submitted_at: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    flags: list[Flag] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         doc = dataclasses.asdict(self)
         doc["verdict"] = self.verdict.value
+        doc["flags"] = [flag.value for flag in self.flags]
         if not self.metadata:
             del doc["metadata"]
         return doc
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        return strict_json_bytes(self.to_dict())
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> "Verdict":
         doc = json.loads(raw)
         doc["verdict"] = VerdictLabel(doc["verdict"])
         doc["candidates"] = [Candidate(**c) for c in doc["candidates"]]
+        doc["flags"] = [Flag(flag) for flag in doc.get("flags", [])]
         return cls(**doc)
 
 
@@ -188,4 +208,4 @@ class DeadLetter:
         return doc
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        return strict_json_bytes(self.to_dict())

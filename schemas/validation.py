@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -13,6 +14,10 @@ from jsonschema import Draft202012Validator, FormatChecker
 from dupwatch.schemas.records import SCHEMA_VERSION, ControlCommand, ImageEvent, Reason, Rejected
 
 SCHEMA_NAMES = ("image_event", "verdict", "dead_letter", "control")
+# Input limits beyond the schemas: events are flat records with a small free-form metadata
+# object; nothing legitimate comes near these, and both bound the parser's work.
+MAX_JSON_DEPTH = 32
+MAX_NUMBER_CHARS = 100
 
 
 @cache
@@ -65,10 +70,7 @@ def _checked_document(name: str, payload: bytes, max_bytes: int) -> Any:
     """The payload as JSON, within the size limit, in the supported version, valid."""
     if len(payload) > max_bytes:
         raise Rejected(Reason.TOO_LARGE, f"event is {len(payload)} bytes, the limit is {max_bytes}")
-    try:
-        doc = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise Rejected(Reason.SCHEMA_INVALID, f"event is not JSON: {exc}") from None
+    doc = strict_json(payload)
     if isinstance(doc, dict) and doc.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
         raise Rejected(Reason.UNSUPPORTED_SCHEMA_VERSION,
                        f"schema_version {doc['schema_version']!r} is not supported "
@@ -77,6 +79,60 @@ def _checked_document(name: str, payload: bytes, max_bytes: int) -> Any:
     if errors:
         raise Rejected(Reason.SCHEMA_INVALID, "; ".join(errors[:5]))
     return doc
+
+
+def strict_json(payload: bytes) -> Any:
+    """``payload`` parsed as strict JSON (RFC 8259: no NaN or Infinity), nested at most
+    MAX_JSON_DEPTH deep, numbers at most MAX_NUMBER_CHARS characters; else Rejected."""
+    try:
+        doc = json.loads(payload, parse_constant=_refuse_constant, parse_int=_bounded_int,
+                         parse_float=_finite_float)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise Rejected(Reason.SCHEMA_INVALID, f"event is not JSON: {exc}") from None
+    except RecursionError:  # the parser recurses per level; far too deep for any event
+        raise Rejected(Reason.SCHEMA_INVALID, f"event is nested deeper than the limit of "
+                                              f"{MAX_JSON_DEPTH} levels") from None
+    depth = _depth(doc)
+    if depth > MAX_JSON_DEPTH:
+        raise Rejected(Reason.SCHEMA_INVALID, f"event is nested {depth} levels deep, the limit "
+                                              f"is {MAX_JSON_DEPTH}")
+    return doc
+
+
+def _refuse_constant(name: str) -> Any:
+    raise Rejected(Reason.SCHEMA_INVALID, f"{name} is not a JSON number (RFC 8259)")
+
+
+def _bounded_int(text: str) -> int:
+    return int(_bounded(text))
+
+
+def _finite_float(text: str) -> float:
+    number = float(_bounded(text))
+    if not math.isfinite(number):
+        raise Rejected(Reason.SCHEMA_INVALID, f"number {text[:40]} is out of range (it reads "
+                                              f"as {number}, which JSON cannot carry)")
+    return number
+
+
+def _bounded(text: str) -> str:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise Rejected(Reason.SCHEMA_INVALID, f"a number of {len(text)} characters "
+                                              f"({text[:20]}...), the limit is {MAX_NUMBER_CHARS}")
+    return text
+
+
+def _depth(doc: Any) -> int:
+    """How deeply arrays and objects nest in ``doc`` (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        value, level = stack.pop()
+        children = (value.values() if isinstance(value, dict)
+                    else value if isinstance(value, list) else None)
+        if children is not None:
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _decode_base64(text: str) -> bytes:

@@ -1,7 +1,8 @@
 """The Faust app: input topic -> cascade (in batches, off the event loop) -> verdict topic.
 
-Bad input goes to the dead-letter topic. Offsets are committed only after a batch's verdicts
-and dead letters are acknowledged by the broker (at-least-once). With ``web_enabled`` the
+Bad input goes to the dead-letter topic. Offsets are committed only after an event's verdict or
+dead letter is acknowledged by the broker, and only up to the first event still in progress
+(at-least-once; see streams/pipeline.py). With ``web_enabled`` the
 worker serves ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz`` (see streams/health.py)
 on ``web_port``.
 """
@@ -26,6 +27,7 @@ from dupwatch.settings import Settings
 from dupwatch.streams import metrics
 from dupwatch.streams.health import PartitionProgress, readiness
 from dupwatch.streams.kafka import ensure_topics, faust_credentials, max_message_bytes
+from dupwatch.streams.pipeline import Pipeline, record_of
 from dupwatch.streams.processor import InputRecord, Processor
 from dupwatch.streams.shards import ShardClient, ShardServer
 from dupwatch.streams.worker_log import configure_logging, log_rebalances, log_start
@@ -74,22 +76,22 @@ def _add_agent(app: faust.App, settings: Settings, processor: Processor,
     verdicts = _raw_topic(app, settings.verdict_topic)
     dead_letters = _raw_topic(app, settings.dead_letter_topic)
 
+    async def deliver(records: list[InputRecord], outcomes: list[Verdict | DeadLetter]) -> None:
+        sent = []
+        for record, outcome in zip(records, outcomes, strict=True):
+            topic = verdicts if isinstance(outcome, Verdict) else dead_letters
+            sent.append(await topic.send(key=_key(record, outcome), value=outcome.to_json()))
+        await asyncio.gather(*sent)  # on the broker before the events are acknowledged
+        metrics.observe_outcomes(outcomes, time.time())
+        progress.processed(records)
+
     @app.agent(images, name="dupwatch.detect")
     async def detect(stream: faust.StreamT) -> None:
-        loop = asyncio.get_running_loop()
-        async for events in stream.take_events(settings.batch_size,
-                                               within=settings.batch_timeout_ms / 1000):
-            records = [_record(event) for event in events]
-            metrics.count_consumed(len(records))
-            # The cascade is CPU work: run it on its own thread so heartbeats keep flowing.
-            outcomes = await loop.run_in_executor(executor, processor.handle_batch, records)
-            sent = []
-            for record, outcome in zip(records, outcomes, strict=True):
-                topic = verdicts if isinstance(outcome, Verdict) else dead_letters
-                sent.append(await topic.send(key=_key(record, outcome), value=outcome.to_json()))
-            await asyncio.gather(*sent)  # delivered before take_events acks the batch
-            metrics.observe_outcomes(outcomes, time.time())
-            progress.processed(records)
+        async with Pipeline(settings, processor, executor, deliver, stream.ack) as pipeline:
+            async for events in stream.noack_take(settings.batch_size,
+                                                  within=settings.batch_timeout_ms / 1000):
+                metrics.count_consumed(len(events))
+                await pipeline.add(events)
 
 
 def _add_control_agent(app: faust.App, settings: Settings, processor: Processor,
@@ -102,7 +104,7 @@ def _add_control_agent(app: faust.App, settings: Settings, processor: Processor,
     async def control(stream: faust.StreamT) -> None:
         loop = asyncio.get_running_loop()
         async for event in stream.events():
-            record = _record(event)
+            record = record_of(event)
             outcome = await loop.run_in_executor(executor, processor.handle_control, record)
             if outcome is not None:
                 await (await dead_letters.send(key=record.key, value=outcome.to_json()))
@@ -176,13 +178,6 @@ def _add_probes(app: faust.App, shards: ShardServer | None) -> None:
         if shards is not None:
             body["hosted_shards"] = shards.hosted()
         return web.json(body, status=200 if ready else 503)
-
-
-def _record(event: faust.EventT) -> InputRecord:
-    message = event.message
-    return InputRecord(value=message.value or b"", key=message.key,
-                       headers=list(message.headers or []), topic=message.topic,
-                       partition=message.partition, offset=message.offset)
 
 
 def _key(record: InputRecord, outcome: Verdict | DeadLetter) -> bytes | None:

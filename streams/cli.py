@@ -320,13 +320,27 @@ def _parser() -> argparse.ArgumentParser:
     soak.add_argument("--out", default="bench-soak.json", metavar="FILE",
                       help="where to write the JSON results (summary and time series)")
 
+    hostile = _command(benches, "bench hostile", _bench_hostile,
+                       "What hostile input of one tenant costs the others: scan bombs among good "
+                       "events, slow-loris sources ahead of good events, and `dupwatch scan` of "
+                       "bombs among photos.",
+                       "Each scenario runs an embedded broker and one worker process with the "
+                       "given settings (bombs: also with --max-jpeg-scans 0, so the decode "
+                       "processes are stopped at --decode-timeout-ms) and reports how many good "
+                       "events got verdicts and how late.")
+    hostile.add_argument("--scenarios", default="bombs,slow,scan", metavar="NAME,NAME",
+                         help="scenarios to run (bombs, slow, scan)")
+    hostile.add_argument("--out", default="bench-hostile.json", metavar="FILE",
+                         help="where to write the JSON results")
+
     train = _command(commands, "train", _train,
                      "Train the siamese encoder on gathered images (photos, screenshots, ...).",
                      "Metric learning (InfoNCE over lookup-shaped pairs: a reference view and an "
-                     "edited copy; negatives from the batch, built around mined look-alikes) from the ImageNet Lite0 initialisation, or fine-tuning an earlier "
-                     "encoder (--init FILE). Seeded; checkpoints "
-                     "every 100 steps into --out and resumes from there; uses CUDA when "
-                     "present. Writes encoder.pt, its SHA-256 and training.json.")
+                     "edited copy; negatives from the batch, built around mined look-alikes) from "
+                     "the ImageNet Lite0 initialisation, or fine-tuning an earlier encoder "
+                     "(--init FILE). Seeded; checkpoints every 100 steps into --out and resumes "
+                     "from there; uses CUDA when present. Writes encoder.pt and training.json (with its SHA-256, for "
+                     "--weights-sha256).")
     train.add_argument("--photos", required=True, metavar="DIR", action="append",
                        help="a gathered image folder with its manifest.csv; repeat for more "
                             "(held-out sources and photos are never loaded)")
@@ -537,6 +551,11 @@ def _bench_workers(settings: Settings, args: argparse.Namespace) -> int:
     from dupwatch.bench.workers import run_workers_bench
     return run_workers_bench(settings, [int(n) for n in args.counts.split(",")], args.events,
                              args.out)
+
+
+def _bench_hostile(settings: Settings, args: argparse.Namespace) -> int:
+    from dupwatch.bench.hostile import run_hostile_bench
+    return run_hostile_bench(settings, args.scenarios.split(","), args.out)
 
 
 def _bench_throughput(settings: Settings, args: argparse.Namespace) -> int:

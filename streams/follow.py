@@ -26,6 +26,7 @@ class Record:
     topic: str
     document: dict[str, Any]
     received_at: float   # time.time() when it arrived here
+    raw: bytes = b""     # the record's value as it came
 
 
 class TopicReader:
@@ -84,7 +85,8 @@ class TopicReader:
                 continue
             last = time.monotonic()
             seen += 1
-            yield Record(message.topic(), json.loads(message.value()), time.time())
+            yield Record(message.topic(), json.loads(message.value()), time.time(),
+                         message.value())
 
     def close(self) -> None:
         self._consumer.close()

@@ -1,25 +1,31 @@
-"""One input record in, one verdict or one dead letter out: the worker's and scan's shared core."""
+"""One input record in, one verdict or one dead letter out: the worker's and scan's shared core.
+
+A record goes through two steps. :meth:`Processor.intake` parses it and starts preparing its
+picture without waiting for it: fetching the bytes behind a ``uri`` (streams/fetches.py), then
+decoding them in a decode process (detectors/decode_pool.py), each in its tenant's turn and on
+its own clock. :meth:`Processor.finish` takes records whose picture is ready, checks them with
+the cascade and turns each into its outcome. The worker runs the two steps apart, so a record
+waiting on a slow source or a slow decode never holds up the records behind it
+(streams/pipeline.py); ``handle_batch`` runs them one after the other.
+"""
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
 from dupwatch.detectors import Cascade, CascadeResult, ImageInput
+from dupwatch.detectors.decode_pool import DecodePool
 from dupwatch.schemas import (
     DeadLetter, ImageEvent, Reason, Rejected, Verdict, parse_control, parse_image_event,
 )
 from dupwatch.settings import Settings
 from dupwatch.streams import metrics
-from dupwatch.streams.sources import read_uri
+from dupwatch.streams.fetches import Fetches
 
 log = logging.getLogger(__name__)
-
-# Concurrent uri fetches per worker: enough to overlap a batch's network waits; each holds at
-# most one event's bytes (max_event_bytes).
-FETCH_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -33,55 +39,65 @@ class InputRecord:
 
 
 @dataclass
-class _Prepared:
-    """A record after the per-event work that needs no index: parsed, fetched, decoded."""
+class Pending:
+    """A record on its way: parsed, its picture being prepared (fetched, decoded), checked."""
     record: InputRecord
     event: ImageEvent | None = None
+    fetch: Future[bytes] | None = None
+    preparing: Future[ImageInput] | None = None
     image: ImageInput | None = None
     error: Rejected | None = None
     result: CascadeResult | Rejected | None = None   # the cascade's, for records without error
+
+    @property
+    def ready(self) -> bool:
+        """Whether :meth:`Processor.finish` can take it without waiting."""
+        return self.preparing is None or self.preparing.done()
+
+    @property
+    def awaiting_source(self) -> bool:
+        """Still waiting for its bytes to be fetched (it holds no image data yet)."""
+        return self.fetch is not None and not self.fetch.done()
 
 
 class Processor:
     """Turns records into verdicts or dead letters, batch by batch.
 
-    Parsing, fetching and decoding run on ``decode_threads`` threads (Pillow releases the GIL);
-    then the cascade checks the batch on the calling thread as if record by record, so results
-    do not depend on the batching.
+    Parsing runs on ``decode_threads`` threads, fetching on threads of its own (Fetches),
+    decoding in ``decode_threads`` processes (DecodePool); then the cascade checks a batch of
+    ready records on the calling thread as if record by record, so results do not depend on the
+    batching.
     """
 
     def __init__(self, settings: Settings, cascade: Cascade) -> None:
         self.settings = settings
         self.cascade = cascade
-        self._pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="dupwatch-decode")
-        self._fetch_pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="dupwatch-fetch")
+        self._parsers = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="dupwatch-parse")
+        self._fetches = Fetches(settings)
+        self._decodes = DecodePool(cascade.limits, settings.decode_threads)
 
     def handle_batch(self, records: list[InputRecord]) -> list[Verdict | DeadLetter]:
-        # Fetches wait on the network, so many run at once: a batch of slow URIs costs about
-        # one fetch time limit, not one per decode thread.
-        prepared = list(self._pool.map(self._decode, self._fetch_pool.map(self._fetch, records)))
-        ready = [p for p in prepared if p.error is None]
-        try:
-            results = self.cascade.check_batch(
-                [(p.event.tenant, p.event.image_id, p.image) for p in ready])  # type: ignore[union-attr]
-        except Exception:  # a bug: find the record that trips it, one by one, so it alone fails
-            log.exception("batch check failed; checking its records one by one")
-            results = [self._check_alone(p) for p in ready]
-        for item, result in zip(ready, results, strict=True):
-            item.result = result
-        return [self._finish(p) for p in prepared]
+        """Outcomes for ``records``, in order, waiting for every one to be ready."""
+        pending = self.intake(records)
+        for item in pending:
+            if item.preparing is not None:
+                item.preparing.exception()  # waits; the outcome is read in finish()
+        return self.finish(pending)
 
     def handle(self, record: InputRecord) -> Verdict | DeadLetter:
         return self.handle_batch([record])[0]
 
-    def _check_alone(self, prepared: _Prepared) -> CascadeResult | Rejected:
-        event, image = prepared.event, prepared.image
-        try:
-            return self.cascade.check(event.tenant, event.image_id, image)  # type: ignore[union-attr]
-        except Rejected as error:
-            return error
-        except Exception as exc:
-            return self._unexpected(exc, prepared.record)
+    def intake(self, records: list[InputRecord]) -> list[Pending]:
+        """Parse each record and start preparing its picture; never waits on a source or a
+        decode."""
+        return list(self._parsers.map(self._parse, records))
+
+    def finish(self, pending: list[Pending]) -> list[Verdict | DeadLetter]:
+        """Check and settle records whose picture is ready (``ready``)."""
+        for item in pending:
+            self._take_prepared(item)
+        self._check([p for p in pending if p.error is None])
+        return [self._outcome(p) for p in pending]
 
     def handle_control(self, record: InputRecord) -> DeadLetter | None:
         """Apply one control command; a dead letter if it is invalid or cannot be applied."""
@@ -93,7 +109,7 @@ class Processor:
                             removed, len(command.image_ids))
             else:
                 self.cascade.add_to_bank(command.tenant, command.image_ids[0],
-                                         self.cascade.image(command.data or b""))
+                                         self._image(command.data or b""))
             metrics.count_control(command.action)
             return None
         except Rejected as error:
@@ -101,50 +117,90 @@ class Processor:
         except Exception as exc:
             return self._dead_letter(self._unexpected(exc, record), record, None)
 
-    def _fetch(self, record: InputRecord) -> _Prepared:
-        """Parse, and read the bytes behind a ``uri`` (network waits, on the fetch pool)."""
-        prepared = _Prepared(record)
-        with self._errors_into(prepared):
-            prepared.event = event = parse_image_event(
+    def _parse(self, record: InputRecord) -> Pending:
+        pending = Pending(record)
+        with self._errors_into(pending):
+            pending.event = event = parse_image_event(
                 record.value, max_event_bytes=self.settings.max_event_bytes,
                 max_metadata_bytes=self.settings.max_metadata_bytes)
-            raw = event.data if event.data is not None else read_uri(event.uri or "", self.settings)
-            prepared.image = self.cascade.image(raw)
+            if event.data is not None:
+                pending.preparing = self._decodes.submit(event.tenant, self._image(event.data))
+            else:
+                pending.fetch = self._fetches.fetch(event.tenant, event.uri or "")
+                pending.preparing = self._fetched_then_decoded(event.tenant, pending.fetch)
+        return pending
+
+    def _fetched_then_decoded(self, tenant: str, fetch: Future[bytes]) -> Future[ImageInput]:
+        prepared: Future[ImageInput] = Future()
+
+        def decode(fetched: Future[bytes]) -> None:
+            try:
+                decoding = self._decodes.submit(tenant, self._image(fetched.result()))
+            except BaseException as exc:  # the fetch failed: that is the record's outcome
+                prepared.set_exception(exc)
+                return
+            decoding.add_done_callback(lambda done: _pass_on(done, prepared))
+        fetch.add_done_callback(decode)
         return prepared
 
-    def _decode(self, prepared: _Prepared) -> _Prepared:
-        # Decode ahead even if the SHA-256 stage may settle it: bytes that fail to decode can
-        # never equal an indexed image's, so this changes no verdict, and it runs in parallel.
-        if prepared.image is not None and prepared.error is None:
-            with self._errors_into(prepared):
-                prepared.image.pixels  # noqa: B018
-        return prepared
+    def _take_prepared(self, pending: Pending) -> None:
+        if pending.preparing is not None and pending.error is None:
+            with self._errors_into(pending):
+                pending.image = pending.preparing.result(timeout=0)
+
+    def _image(self, raw: bytes) -> ImageInput:
+        return ImageInput(raw, self.cascade.limits, self._decodes.decode)
+
+    def _check(self, ready: list[Pending]) -> None:
+        """Decoding ran ahead for all of them, even those the SHA-256 stage may settle: bytes
+        that fail to decode can never equal an indexed image's, so this changes no verdict."""
+        for item in ready:
+            with self._errors_into(item):
+                item.image.pixels  # type: ignore[union-attr]  # noqa: B018  (settled ahead)
+        checked = [p for p in ready if p.error is None]
+        try:
+            results = self.cascade.check_batch(
+                [(p.event.tenant, p.event.image_id, p.image) for p in checked])  # type: ignore[union-attr]
+        except Exception:  # a bug: find the record that trips it, one by one, so it alone fails
+            log.exception("batch check failed; checking its records one by one")
+            results = [self._check_alone(p) for p in checked]
+        for item, result in zip(checked, results, strict=True):
+            item.result = result
+
+    def _check_alone(self, pending: Pending) -> CascadeResult | Rejected:
+        event, image = pending.event, pending.image
+        try:
+            return self.cascade.check(event.tenant, event.image_id, image)  # type: ignore[union-attr]
+        except Rejected as error:
+            return error
+        except Exception as exc:
+            return self._unexpected(exc, pending.record)
 
     @contextmanager
-    def _errors_into(self, prepared: _Prepared) -> Iterator[None]:
+    def _errors_into(self, pending: Pending) -> Iterator[None]:
         try:
             yield
         except Rejected as error:
-            prepared.error = error
+            pending.error = error
         except Exception as exc:  # a bug must cost one event, not the partition
-            prepared.error = self._unexpected(exc, prepared.record)
+            pending.error = self._unexpected(exc, pending.record)
 
-    def _finish(self, prepared: _Prepared) -> Verdict | DeadLetter:
+    def _outcome(self, pending: Pending) -> Verdict | DeadLetter:
         """Never raises: whatever went wrong becomes a dead letter and the stream moves on."""
-        event, result = prepared.event, prepared.result
+        event, result = pending.event, pending.result
         if isinstance(result, CascadeResult) and event is not None:
             return result.to_verdict(image_id=event.image_id, tenant=event.tenant,
                                      worker=self.settings.worker_name,
                                      model_version=self.cascade.model_version,
                                      submitted_at=event.submitted_at, metadata=event.metadata)
-        error = prepared.error or result
+        error = pending.error or result
         assert isinstance(error, Rejected)
-        return self._dead_letter(error, prepared.record, event)
+        return self._dead_letter(error, pending.record, event)
 
     @staticmethod
     def _unexpected(exc: Exception, record: InputRecord) -> Rejected:
-        log.exception("processing failed for record at %s/%s/%s",
-                      record.topic, record.partition, record.offset)
+        log.error("processing failed for record at %s/%s/%s", record.topic, record.partition,
+                  record.offset, exc_info=exc)
         return Rejected(Reason.PROCESSING_FAILED, f"{type(exc).__name__}: {exc}")
 
     def _dead_letter(self, error: Rejected, record: InputRecord,
@@ -155,3 +211,11 @@ class Processor:
             headers=record.headers, topic=record.topic, partition=record.partition,
             offset=record.offset, image_id=event.image_id if event else None,
             tenant=event.tenant if event else None)
+
+
+def _pass_on(source: Future[ImageInput], target: Future[ImageInput]) -> None:
+    error = source.exception()
+    if error is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(source.result())

@@ -95,13 +95,14 @@ def image_files(paths: list[str]) -> FileSelection:
     return FileSelection(files, skipped)
 
 
-def read_uri(uri: str, settings: Settings) -> bytes:
-    """The bytes an event's ``uri`` names, or :class:`Rejected` saying why not."""
+def read_uri(uri: str, settings: Settings, deadline: float | None = None) -> bytes:
+    """The bytes an event's ``uri`` names, or :class:`Rejected` saying why not. An http(s)
+    fetch ends by ``deadline`` (time.monotonic()), by default fetch_timeout_s from now."""
     scheme = uri.partition(":")[0].lower()
     if scheme == "file":
         return _read_file(uri, settings.uri_roots, settings.max_event_bytes)
     if scheme in ("http", "https"):
-        return _fetch(uri, settings)
+        return _fetch(uri, settings, deadline or time.monotonic() + settings.fetch_timeout_s)
     raise Rejected(Reason.FETCH_REFUSED,
                    f"only file:// and http(s):// URIs are supported, got {shown(uri)}")
 
@@ -175,11 +176,10 @@ class _Hop:
     addresses: tuple[IPAddress, ...]
 
 
-def _fetch(uri: str, settings: Settings) -> bytes:
+def _fetch(uri: str, settings: Settings, deadline: float) -> bytes:
     if not settings.fetch_allow_hosts:
         raise Rejected(Reason.FETCH_REFUSED, "http(s) URIs are disabled: the worker has no "
                                              "fetch_allow_hosts configured")
-    deadline = time.monotonic() + settings.fetch_timeout_s
     attempt = 1
     while True:
         try:

@@ -98,3 +98,36 @@ def test_turned_and_mirrored_copies_are_variants_found_by_the_reoriented_phash(s
         assert result.match.image_id == sample.file.image_id
         assert result.match.stage == "phash_reoriented"
         assert "embedding" not in result.timings_ms  # settled before the costly stage
+
+
+def _png(colour: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (200, 150), colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_flat_pictures_match_only_byte_for_byte_in_a_batch_too() -> None:
+    cascade = build_cascade(Settings())
+    colours = [(0, 0, 0), (255, 255, 255), (200, 10, 10), (10, 10, 200)]
+    items = [("t", f"flat-{n}", cascade.image(_png(c))) for n, c in enumerate(colours)]
+    items.append(("t", "flat-0-again", cascade.image(_png(colours[0]))))
+    results = cascade.check_batch(items)
+    assert [(r.label, r.flags) for r in results[:4]] == [(VerdictLabel.UNIQUE, ("low_information",))] * 4
+    assert (results[4].label, results[4].match.image_id) == (VerdictLabel.EXACT_DUPLICATE, "flat-0")
+    assert "phash" not in results[0].timings_ms  # the pixel stages passed it over
+
+
+def test_new_bytes_under_an_indexed_id_are_judged_afresh_and_replace_the_old(samples) -> None:
+    cascade = build_cascade(Settings(stages=["sha256", "phash"]))
+    a, b, c = [s.file.path.read_bytes() for s in samples if s.role != "copy"][:3]
+    assert cascade.check("t", "x", cascade.image(a)).flags == ()
+    # the same bytes twice in one batch are checked once
+    reused, again = cascade.check_batch([("t", "x", cascade.image(b)), ("t", "x", cascade.image(b))])
+    assert reused.flags == ("image_id_reused",) and reused is again
+    copy = cascade.check("t", "copy", cascade.image(b))
+    assert (copy.label, copy.match.image_id) == (VerdictLabel.EXACT_DUPLICATE, "x")
+    assert cascade.check("t", "old", cascade.image(a)).label == VerdictLabel.UNIQUE
+    # different bytes under one new id, both in one batch: the second is new content too
+    first, second = cascade.check_batch([("t", "y", cascade.image(c)), ("t", "y", cascade.image(a))])
+    assert (first.flags, second.flags) == ((), ("image_id_reused",))
+    assert (second.label, second.match.image_id) == (VerdictLabel.EXACT_DUPLICATE, "old")

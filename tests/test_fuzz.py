@@ -68,6 +68,7 @@ def _seed_files() -> list[bytes]:
         *(_encode(photo, fmt, save_all=True, append_images=[flipped], duration=50)
           for fmt in ("GIF", "WEBP", "PNG")),                   # animations: first frame only
         _encode(photo, "TIFF", save_all=True, append_images=[flipped]),  # two pages
+        _encode(photo, "MPO", save_all=True, append_images=[flipped]),   # two pictures
         _png_bomb(50_000, 50_000), _encode(photo, "ICO"), _encode(photo, "PPM"),
         b"<svg xmlns='http://www.w3.org/2000/svg' width='1' height='1'/>", b"%PDF-1.4\n", b"",
     ]

@@ -10,7 +10,8 @@ import pytest
 
 from dupwatch.detectors import build_cascade
 from dupwatch.schemas import (
-    DeadLetter, Reason, Rejected, parse_image_event, schema, validate,
+    DeadLetter, Reason, Rejected, Verdict, VerdictLabel, parse_image_event, schema, utc_now,
+    validate,
 )
 from dupwatch.schemas.validation import SCHEMA_NAMES
 from dupwatch.settings import Settings
@@ -40,6 +41,13 @@ def test_every_readme_example_validates() -> None:
         assert validate(name, json.loads(text)) == [], text
 
 
+def _nested(levels: int) -> list:
+    value: list = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
 def _event(**fields) -> bytes:
     return json.dumps({"image_id": "a", "data": base64.b64encode(b"img").decode(), **fields}).encode()
 
@@ -63,6 +71,13 @@ def test_a_valid_event_parses_with_defaults() -> None:
     (_event(data="not base64!"), Reason.INVALID_BASE64),
     (_event(metadata={"blob": "x" * 2000}), Reason.TOO_LARGE),
     (_event(data=base64.b64encode(b"x" * 1_000_000).decode()), Reason.TOO_LARGE),
+    (b"[" * 200_000 + b"]" * 200_000, Reason.SCHEMA_INVALID),                    # RecursionError
+    (_event(metadata={"a": _nested(32)}), Reason.SCHEMA_INVALID),               # 34 levels
+    (_event().replace(b"}", b', "metadata": {"n": ' + b"9" * 5000 + b"}}"),
+     Reason.SCHEMA_INVALID),                                                       # ValueError
+    (_event().replace(b"}", b', "metadata": {"x": NaN}}'), Reason.SCHEMA_INVALID),
+    (_event().replace(b"}", b', "metadata": {"x": -Infinity}}'), Reason.SCHEMA_INVALID),
+    (_event().replace(b"}", b', "metadata": {"x": 1e999}}'), Reason.SCHEMA_INVALID),
 ])
 def test_bad_events_are_rejected_with_a_reason(payload: bytes, reason: Reason) -> None:
     with pytest.raises(Rejected) as caught:
@@ -84,3 +99,11 @@ def test_records_the_code_writes_validate(samples) -> None:
                               partition=0, offset=9)
     assert validate("dead_letter", letter.to_dict()) == []
     assert len(base64.b64decode(letter.excerpt)) == 100 and letter.payload_bytes == 5000
+
+
+def test_a_verdict_never_carries_nan_or_infinity() -> None:
+    verdict = Verdict(image_id="a", tenant="t", verdict=VerdictLabel.UNIQUE, match_id=None,
+                      stage=None, score=None, distance=None, candidates=[], timings_ms={},
+                      worker="w", processed_at=utc_now(), metadata={"x": float("nan")})
+    with pytest.raises(ValueError):
+        verdict.to_json()

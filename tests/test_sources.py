@@ -22,6 +22,7 @@ import pytest
 from dupwatch.detectors import build_cascade
 from dupwatch.schemas import DeadLetter, Reason, Rejected, Verdict
 from dupwatch.settings import Settings
+from dupwatch.streams.fetches import Fetches
 from dupwatch.streams.processor import InputRecord, Processor
 from dupwatch.streams.samples import samples_dir
 from dupwatch.streams.sources import address_refusal, host_allowed, read_uri
@@ -314,3 +315,25 @@ def test_a_poison_uri_is_dead_lettered_and_the_next_event_still_gets_its_verdict
                        "unique", "exact_duplicate"]
     assert _Handler.hits["/flaky/c/99"] == 3
     assert isinstance(outcomes[-1], Verdict) and outcomes[-1].match_id == "good"
+
+
+def test_a_tenants_slow_sources_hold_only_its_own_fetch_slots(server: str) -> None:
+    fetches = Fetches(_settings(fetch_timeout_s=1.0, fetch_retries=0, fetch_tenant_concurrency=2))
+    dripped = _Handler.hits["/drip"]
+    slow = [fetches.fetch("slow", f"{server}/drip") for _ in range(6)]
+    good = fetches.fetch("other", f"{server}/photo.jpg")  # behind six slow ones, not behind them
+    assert good.result(timeout=30) == PHOTO
+    reasons = [_failure(future) for future in slow]
+    assert reasons[:2] == ["cut off"] * 2  # the tenant's two slots
+    # The others waited for those two, on their own clocks: by the time a slot freed, theirs
+    # had run out (or all but a moment of it), so they never connected (or were cut off).
+    assert set(reasons[2:]) <= {"waited for its tenant", "cut off"}
+    assert _Handler.hits["/drip"] == dripped + reasons.count("cut off")
+
+
+def _failure(future) -> str:
+    error = future.exception(timeout=30)
+    assert isinstance(error, Rejected) and error.reason == Reason.FETCH_FAILED, error
+    if "within 1 s" in error.detail:
+        return "cut off"
+    return "waited for its tenant" if "tenant slow's other fetches" in error.detail else error.detail

@@ -1,0 +1,21 @@
+"""The encoder weights dupwatch ships, pinned by the code: a weights file is code (torch runs
+what it describes), so the package, not a file beside the weights, says which bytes to trust.
+
+Shipping new weights: put the file in model/weights/, add its line below (``sha256sum FILE``)
+and point DEFAULT at it. Weights of your own load only with their SHA-256 given beside them
+(``--weights FILE --weights-sha256 HEX``).
+"""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+# File name in model/weights/ -> its SHA-256.
+BUNDLED_WEIGHTS = {
+    "encoder-v2.pt": "ec917d8329383d141ca5a766ce1099c79987fff73f39c5d56851d8645a2a74a4",
+}
+DEFAULT = "encoder-v2.pt"
+
+
+def bundled_path(name: str = DEFAULT) -> Path:
+    return Path(str(resources.files("dupwatch.model").joinpath("weights", name)))
