@@ -32,12 +32,13 @@ PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 PHOTO_KINDS = frozenset({"photo", "photo_cutout", "texture"})
 
 # Whole source packages held out of training. Each group mixes photos and non-photo content
-# (screenshots, UI, diagrams, clip art) so both are measured, and sits apart from training's
+# (screenshots, UI, diagrams, documents) so both are measured, and sits apart from training's
 # look-alike families: its IDEs, toolkits and desktop help are not training's (test: Qt Creator,
 # KDevelop, GTK and Adwaita, MATE; calibration: FLTK, GNOME developer docs; training: Qt's own
 # references, KiCad, GIMP). Training keeps the two large photo sets (food photos, cut-outs on
 # white): real photos are the scarcest material here. Chosen once, by what each package holds,
-# before any model was measured on them; a package gathered later trains unless named here.
+# before any model was measured on them; a package gathered later trains unless named here
+# (the document packages came after encoder v3's training read its data: all are held out).
 CALIBRATION_SOURCES: frozenset[str] = frozenset({
     # photos: classic test photos, annotation samples, landscapes
     "tracking", "scikit-image", "imagecorruptions", "scikit-learn", "pywavelets", "imgaug",
@@ -46,6 +47,10 @@ CALIBRATION_SOURCES: frozenset[str] = frozenset({
     "gnumeric-doc", "hugin-data", "skrooge-common", "labplot-data", "texstudio-doc",
     "geany-common", "denemo-doc", "kwordquiz", "gnome-devel-docs", "kdenlive-data", "cantor",
     "luminance-hdr", "fltk1.3-doc", "maxima-doc",
+    # document pages: TeX manuals, slides and posters; Doxygen, DocBook and texinfo manuals
+    "texlive-latex-recommended-doc", "texlive-humanities-doc", "texlive-science-doc",
+    "texlive-metapost-doc", "gap-doc", "gprolog-doc", "yacas-doc", "xfig-doc", "doxygen-doc",
+    "dblatex-doc", "python3-pyx-doc",
 })
 TEST_SOURCES: frozenset[str] = frozenset({
     # photos: faces, landscapes, objects, textures
@@ -56,6 +61,10 @@ TEST_SOURCES: frozenset[str] = frozenset({
     "qtcreator-doc", "kdevelop-data", "gnucash-docs", "wireshark-doc", "debian-handbook",
     "mate-user-guide", "okular", "dolphin", "kig", "krusader", "khangman", "libgtk-3-doc",
     "libgtk-4-doc", "libadwaita-1-doc", "graphviz-doc", "octave-doc", "ukui-wallpapers",
+    # document pages: R manuals and papers, Debian's manuals, Lisp, debugger, solver manuals
+    "r-doc-pdf", "r-cran-zoo", "r-cran-sandwich", "r-cran-vcd", "debian-policy",
+    "developers-reference", "debian-reference-en", "sbcl-doc", "ddd-doc", "asymptote-doc",
+    "pari-doc", "glpk-doc",
 })
 SPLITS = ("train", "calibration", "test")
 
