@@ -86,7 +86,8 @@ def run_quality_bench(settings: Settings, folders: list[str], use_all: bool, out
                                 settings.embedding_resolution, settings.embedding_device,
                                 settings.embedding_threads, sha256=settings.weights_sha256 or None)
     groups = _groups(photos, use_all)
-    say(", ".join(f"{name}: {len(members)} images" for name, members in groups.items()))
+    sizes = {name: len(members) for name, members in groups.items()}
+    say(", ".join(f"{name}: {size} images" for name, size in sizes.items()))
     if use_all:
         calibrations, evidence = load_calibrations(CALIBRATION_FILE)
         stages = _stages(settings, model, calibrations)
@@ -104,7 +105,7 @@ def run_quality_bench(settings: Settings, folders: list[str], use_all: bool, out
               else {"skipped": f"only {len(members)} images (fewer than {MIN_SET_IMAGES})"}
               for name, members in groups.items() if name != "lookalikes"}
     results = {"benchmark": "quality", "model_version": model.version, "machine": machine(),
-               "images": {name: len(members) for name, members in groups.items()},
+               "images": sizes,
                "splits": splits,
                "lookalikes": _lookalikes(groups["lookalikes"], stages, evidence, settings, limits)}
     write_results(out, results, _table(results))
