@@ -21,6 +21,7 @@ from faust.types import TP
 from faust.web import Request, Response, View
 
 from dupwatch.detectors import build_cascade
+from dupwatch.errors import UserError
 from dupwatch.index import LocalStore
 from dupwatch.schemas import DeadLetter, Verdict
 from dupwatch.settings import Settings
@@ -229,7 +230,7 @@ def _check_web_port(port: int) -> None:
         try:
             probe.bind(("0.0.0.0", port))
         except OSError as exc:
-            raise SystemExit(
-                f"dupwatch: web port {port} is not free ({exc.strerror}): another worker may be "
+            raise UserError(
+                f"web port {port} is not free ({exc.strerror}): another worker may be "
                 "using it. Give this one --web-port N (DUPWATCH_WEB_PORT), or --web-enabled "
                 "false to run without metrics and probes.") from None
