@@ -18,7 +18,8 @@ class StateError(UserError):
     incompatible version; the message names the file."""
 
 
-class WorkerFailed(Exception):
+class WorkerFailed(BaseException):
     """A worker's background thread died: the process must end non-zero so that it is
-    restarted (exit status 70, EX_SOFTWARE)."""
+    restarted (exit status 70, EX_SOFTWARE). A BaseException, like SystemExit, so that no
+    handler of ordinary errors (one event's dead letter) swallows it."""
     exit_status = 70
