@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from dupwatch.errors import UserError
+
 ENV_PREFIX = "DUPWATCH_"
 
 # Who reads what: commands by their full name ("bank add", "bench soak").
@@ -205,10 +207,12 @@ class Settings:
     session_timeout_s: float = _opt(
         20.0, "Consumer-group session timeout (s): how soon a dead worker is noticed.", "worker")
 
-    # -- sharding: the index split over workers (0 shards: each worker holds all of it)
+    # -- sharding: the index split over workers (one worker hosts every shard)
     shards: int = _opt(
-        0, "Index shards over Kafka (partitions of the changelog); 0 keeps every index in the "
-        "worker's memory, for a single worker.", "sharding", used_by={"worker", "bench workers"})
+        8, "Index shards: partitions of the changelog that holds a worker's index, fixed for the "
+        "index's life (the most workers that share the index). A worker hosts the shards Kafka "
+        "assigns it; a lone worker hosts all of them.", "sharding",
+        used_by={"worker", "bench workers"})
     index_topic_prefix: str = _opt(
         "dupwatch.index", "Prefix of the sharded index's topics: .changelog, .lookups, .answers.",
         "sharding")
@@ -321,7 +325,7 @@ def _parse(f: dataclasses.Field, raw: str) -> Any:
         if kind == "list[str]":
             return [part.strip() for part in raw.split(",") if part.strip()]
     except ValueError:
-        raise SystemExit(
-            f"dupwatch: setting {f.name} expects {kind}, got {raw!r} "
+        raise UserError(
+            f"setting {f.name} expects {kind}, got {raw!r} "
             f"(from --{f.name.replace('_', '-')} or {ENV_PREFIX}{f.name.upper()})") from None
     return raw

@@ -18,6 +18,8 @@ from PIL import Image
 
 from dupwatch.detectors.calibration import Calibration
 from dupwatch.detectors.image import ImageInput
+from dupwatch.detectors.registry import StageContext, stage
+from dupwatch.errors import ConfigError
 from dupwatch.index import VectorIndex
 from dupwatch.index.vector import VectorIndexOptions
 from dupwatch.model import pinned
@@ -178,3 +180,18 @@ class EmbeddingStage:
 
     def recognises(self, distance: float) -> bool:
         return True
+
+
+@stage("embedding")
+def _build(context: StageContext) -> EmbeddingStage:
+    if "embedding" not in context.calibrations:
+        raise ConfigError("the shipped calibration has no embedding calibration; run "
+                          "`dupwatch bench quality --write-calibration`")
+    options = context.options.embedding
+    try:
+        model = EmbeddingModel.load(options.weights, options.resolution, options.device,
+                                    options.threads, sha256=options.sha256)
+    except WeightsError as error:
+        raise ConfigError(str(error)) from None
+    return EmbeddingStage(model, context.calibrations["embedding"], context.on_batch,
+                          context.options.vector)

@@ -7,6 +7,7 @@ import os
 import sys
 
 from dupwatch import __version__
+from dupwatch.errors import UserError, WorkerFailed
 from dupwatch.settings import Settings
 
 SKIPPED_NAMED = 20  # skipped files named one by one; beyond, a count
@@ -20,14 +21,17 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    settings = Settings.load(args=args)
     from dupwatch.streams.follow import MissingTopic
     from dupwatch.streams.kafka import BrokerUnreachable
     try:
+        settings = Settings.load(args=args)
         return int(args.handler(settings, args) or 0)
-    except (BrokerUnreachable, MissingTopic) as exc:
+    except (BrokerUnreachable, MissingTopic, UserError) as exc:
         print(f"dupwatch: {exc}", file=sys.stderr)
         return 2
+    except WorkerFailed as exc:  # the log has the traceback; the orchestrator restarts it
+        print(f"dupwatch: {exc}", file=sys.stderr)
+        return WorkerFailed.exit_status
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # e.g. `| head`: the reader has all it wanted
