@@ -92,11 +92,11 @@ class Tokens:
 
 
 def _token(spec: str, number: int) -> Token:
-    secret, _, tenants = spec.strip().partition(":")
+    secret, limited, tenants = spec.strip().partition(":")
     if len(secret) < MIN_TOKEN_CHARS or any(c.isspace() for c in secret):
         raise TokenError(f"lookup token #{number} is shorter than {MIN_TOKEN_CHARS} characters "
                          "or holds spaces: use a long random one (e.g. `openssl rand -hex 32`)")
-    if not tenants:
+    if not limited:
         return Token(secret.encode(), None)
     names = frozenset(t.strip() for t in tenants.split("|") if t.strip())
     if not names or not all(TENANT.match(name) for name in names):
