@@ -34,11 +34,11 @@ VECTOR_INDEX_USERS = CASCADE_RUNNERS | {"bench index"}
 # Headings of the settings' groups in --help, and who reads a setting that does not say.
 GROUP_TITLES = {"kafka": "Kafka connection", "topics": "topics", "detection": "detection",
                 "limits": "input limits", "worker": "worker", "sharding": "sharded index",
-                "logging": "logging"}
+                "lookup": "synchronous lookup (POST /v1/lookup)", "logging": "logging"}
 _GROUP_READERS = {"kafka": KAFKA_CLIENTS, "topics": TOPIC_CREATORS,
                   "detection": CASCADE_RUNNERS, "limits": CASCADE_RUNNERS,
                   "worker": frozenset({"worker"}), "sharding": frozenset({"worker"}),
-                  "logging": KAFKA_CLIENTS}
+                  "lookup": frozenset({"worker"}), "logging": KAFKA_CLIENTS}
 
 
 def _opt(default: Any, help: str, group: str, used_by: Iterable[str] | None = None,
@@ -46,8 +46,10 @@ def _opt(default: Any, help: str, group: str, used_by: Iterable[str] | None = No
     return field(default=default, metadata=_metadata(help, group, used_by), **kwargs)
 
 
-def _list(default: list[str], help: str, group: str, used_by: Iterable[str] | None = None) -> Any:
-    return field(default_factory=lambda: list(default), metadata=_metadata(help, group, used_by))
+def _list(default: list[str], help: str, group: str, used_by: Iterable[str] | None = None,
+          **kwargs: Any) -> Any:
+    return field(default_factory=lambda: list(default), metadata=_metadata(help, group, used_by),
+                 **kwargs)
 
 
 def _metadata(help: str, group: str, used_by: Iterable[str] | None) -> dict[str, Any]:
@@ -228,6 +230,21 @@ class Settings:
     lookup_retry_s: float = _opt(
         5.0, "Resend a lookup to shards that have not answered within this long (rebalancing).",
         "sharding")
+
+    # -- lookup: the worker's synchronous HTTP lookup (streams/lookup_api.py)
+    api_tokens: list[str] = _list(
+        [], "Bearer tokens that may call POST /v1/lookup, comma separated; TOKEN:t1|t2 limits "
+        "one to tenants t1 and t2. The endpoint is off while no token is configured here or in "
+        "api_tokens_file (never logged).", "lookup", repr=False)
+    api_tokens_file: str = _opt(
+        "", "File of lookup tokens, one per line in the api_tokens form (# comments), e.g. "
+        "mounted from a Kubernetes Secret.", "lookup")
+    lookup_queue: int = _opt(
+        32, "Lookups a worker takes at once (waiting or running); more are answered 503 with "
+        "Retry-After.", "lookup")
+    token: str = _opt(
+        "", "Bearer token for `dupwatch lookup` (better in the environment than on the command "
+        "line, where other users can see it).", "lookup", used_by={"lookup"}, repr=False)
 
     # -- logging
     log_level: str = _opt(

@@ -16,6 +16,14 @@ from dupwatch.settings import Settings
 from dupwatch.wiring import Options
 
 CALIBRATION_FILE = Path(__file__).resolve().parents[1] / "model" / "calibration.json"
+# The image id a lookup is checked under: no event has it (the schema asks for one character at
+# least), so a lookup is never taken for a re-delivery and hides no indexed image from itself.
+LOOKUP_ID = ""
+# Images per call of a batched stage (the embedding): a batch of 16 already runs about twice as
+# fast per image as one by one (README: embedding speed), and between calls the cascade may
+# pause for waiting lookups (see ``pause_point``), so a lookup waits for at most 16 of a
+# stream batch's images, not all of them.
+DESCRIBE_CHUNK = 16
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class _Run:
     result: CascadeResult | Rejected | None = None
     redelivered: bool = False
     flags: set[Flag] = field(default_factory=set)
+    top_k: int = 0                  # candidates listed in its result
 
 
 class Cascade:
@@ -91,6 +100,9 @@ class Cascade:
         self.model_version = model_version
         self.match_only_tenants = match_only_tenants
         self.store: Store = store if store is not None else self.new_local_store()
+        # Called on the checking thread between the steps of a check (rounds, chunks of a
+        # batched stage), where nothing is half done: a worker runs waiting lookups there.
+        self.pause_point: Callable[[], None] = lambda: None
 
     def new_local_store(self) -> LocalStore:
         return LocalStore({stage.name: (stage.new_index, stage.load_index) for stage in self.stages})
@@ -109,8 +121,19 @@ class Cascade:
             raise result
         return result
 
+    def look_up(self, tenant: str, image: ImageInput, top_k: int | None = None) -> CascadeResult:
+        """What checking the image would answer now, listing ``top_k`` candidates (default: the
+        cascade's), without indexing it: the index is left exactly as it was.
+
+        Raises :class:`dupwatch.schemas.Rejected` for bytes that cannot be decoded.
+        """
+        result = self.check_batch([(tenant, LOOKUP_ID, image)], index=False, top_k=top_k)[0]
+        if isinstance(result, Rejected):
+            raise result
+        return result
+
     def check_batch(self, items: list[tuple[str, str, ImageInput]], *,
-                    index: bool = True) -> list[CascadeResult | Rejected]:
+                    index: bool = True, top_k: int | None = None) -> list[CascadeResult | Rejected]:
         """Check images as if one by one in this order, each against everything before it
         (indexed earlier, or earlier in the batch), then index them unless ``index`` is False
         or their tenant is match-only. A re-delivered image (the same bytes under the same id,
@@ -122,12 +145,15 @@ class Cascade:
         runs: dict[tuple[str, str, bytes], _Run] = {}
         for tenant, image_id, image in items:  # an image twice in a batch is checked once
             if (tenant, image_id, image.digest) not in runs:
-                run = runs[tenant, image_id, image.digest] = _Run(tenant, image_id, image)
+                run = runs[tenant, image_id, image.digest] = _Run(
+                    tenant, image_id, image, top_k=self.top_k if top_k is None else top_k)
                 if any(key[:2] == (tenant, image_id) for key in runs if key[2] != image.digest):
                     run.flags.add(Flag.IMAGE_ID_REUSED)
         within_batch = self.new_local_store()
         pending = list(runs.values())
         for number, stages in enumerate(self._rounds()):
+            if number:
+                self.pause_point()
             pending = self._run_round(stages, pending, within_batch, first=number == 0)
         for run in pending:
             run.result = self._result(None, run)
@@ -204,8 +230,11 @@ class Cascade:
                 run.result = error
         for stage in stages:
             if stage.batched:
-                _describe_batch(stage, [run.image for run in described
-                                        if _applies(stage, run.image)])
+                images = [run.image for run in described if _applies(stage, run.image)]
+                for start in range(0, len(images), DESCRIBE_CHUNK):
+                    if start:
+                        self.pause_point()
+                    _describe_batch(stage, images[start:start + DESCRIBE_CHUNK])
         return [(run, {stage.name: run.image.signals[stage.name] for stage in stages
                        if _applies(stage, run.image)}) for run in described]
 
@@ -218,7 +247,7 @@ class Cascade:
     def _result(self, match: Candidate | None, run: _Run) -> CascadeResult:
         run.timings_ms["total"] = round(sum(run.timings_ms.values()), 3)
         label = self._label(match, run) if match else VerdictLabel.UNIQUE
-        best = _best_per_image(run.candidates)[: self.top_k]
+        best = _best_per_image(run.candidates)[: run.top_k]
         if any(stage.needs_pixels for stage in self.stages) and _flat(run.image):
             run.flags.add(Flag.LOW_INFORMATION)
         return CascadeResult(label, match, best, run.timings_ms, tuple(sorted(run.flags)))

@@ -165,6 +165,23 @@ def _parser() -> argparse.ArgumentParser:
     verdicts.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
                           help="stop after this long without a new record")
 
+    lookup = _command(commands, "lookup", _lookup,
+                      "Ask a running worker whether image files are already known (never "
+                      "indexes them).",
+                      "Sends each file to the worker's POST /v1/lookup, which checks it with the "
+                      "worker's cascade against every image the tenant's index holds and "
+                      "answers as a verdict would, without indexing it. Files are chosen and "
+                      "named as by `dupwatch publish`. Needs a token the worker accepts (--token "
+                      "or DUPWATCH_TOKEN). Exit status: 0 when at least one file matched, 1 when "
+                      "none did, 2 when a lookup failed.")
+    _paths_and_tenant(lookup, tenant_help="tenant whose images to compare with", required=True)
+    lookup.add_argument("--url", default="http://127.0.0.1:6066", metavar="URL",
+                        help="the worker's web address (its --web-port)")
+    lookup.add_argument("--format", choices=["table", "jsonl"], default="table",
+                        help="table: one row per file; jsonl: each answer in full, with 'file'")
+    lookup.add_argument("--top-k", type=int, default=None, metavar="N",
+                        help="candidates to list per answer (default: the worker's top_k)")
+
     scan = _command(commands, "scan", _scan,
                     "Run the cascade in-process over image files, no broker needed.",
                     "Each file is checked against the ones before it, exactly as a worker would "
@@ -498,6 +515,22 @@ def _verdicts(settings: Settings, args: argparse.Namespace) -> int:
             else:
                 table.row(record.document)
     return 0
+
+
+def _lookup(settings: Settings, args: argparse.Namespace) -> int:
+    from dupwatch.streams.lookup_client import LookupClient, run_lookup
+
+    if not settings.token:
+        print("dupwatch: lookup needs a token: --token or DUPWATCH_TOKEN", file=sys.stderr)
+        return 2
+    try:
+        client = LookupClient(args.url, settings.token)
+    except ValueError as exc:
+        print(f"dupwatch: {exc}", file=sys.stderr)
+        return 2
+    files, empty = _files(args.paths)
+    status = run_lookup(files, client, args.tenant, args.format, args.top_k)
+    return 2 if empty else status
 
 
 def _scan(settings: Settings, args: argparse.Namespace) -> int:

@@ -65,6 +65,16 @@ LAST_SNAPSHOT = Gauge(
     "When each hosted shard was last snapshotted into state_dir (Unix time).", ["shard"])
 MODEL = Gauge("dupwatch_model_info", "The embedding model the worker has loaded (always 1).",
               ["version"])
+LOOKUPS = Counter(
+    "dupwatch_lookup_requests",
+    "Requests to POST /v1/lookup, by HTTP status (200 answered; 4xx refused; 503 overloaded).",
+    ["status"])
+LOOKUP_SECONDS = Histogram(
+    "dupwatch_lookup_duration_seconds",
+    "From a lookup request's arrival to its answer (waiting, fetch, decode and cascade), "
+    "answered lookups (status 200) only.", buckets=_STAGE_BUCKETS)
+LOOKUPS_IN_FLIGHT = Gauge(
+    "dupwatch_lookups_in_flight", "Lookups taken and not yet answered (at most lookup_queue).")
 
 def observe_outcomes(outcomes: Iterable[Verdict | DeadLetter], now: float) -> None:
     """Count published verdicts and dead letters; ``now`` is when the broker acknowledged them."""
@@ -144,3 +154,10 @@ def count_consumed(records: int) -> None:
 def exposition() -> tuple[bytes, str]:
     """The current values in Prometheus' text format, and its content type."""
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def observe_lookup(status: int, seconds: float) -> None:
+    """One request to POST /v1/lookup: its status and, if answered, how long it took."""
+    LOOKUPS.labels(str(status)).inc()
+    if status == 200:
+        LOOKUP_SECONDS.observe(seconds)
