@@ -305,16 +305,14 @@ def build_cascade(settings: Settings,
 def _embedding_stage(settings: Settings, calibrations: dict,
                      on_batch: Callable[[int, float], None] | None) -> Stage:
     from dupwatch.detectors.embedding import EmbeddingModel, EmbeddingStage, WeightsError
+    from dupwatch.model.backends import BackendError
 
     if "embedding" not in calibrations:
         raise SystemExit(f"dupwatch: {CALIBRATION_FILE} has no embedding calibration; "
                          "run `dupwatch bench quality --write-calibration`")
     try:
-        model = EmbeddingModel.load(Path(settings.weights) if settings.weights else None,
-                                    settings.embedding_resolution, settings.embedding_device,
-                                    settings.embedding_threads,
-                                    sha256=settings.weights_sha256 or None)
-    except WeightsError as error:
+        model = EmbeddingModel.from_settings(settings)
+    except (WeightsError, BackendError) as error:
         raise SystemExit(f"dupwatch: {error}") from None
     return EmbeddingStage(model, calibrations["embedding"], on_batch)
 
