@@ -189,7 +189,7 @@ class Settings:
     worker_name: str = _opt(
         f"{socket.gethostname()}-{os.getpid()}", "Name written into each verdict.", "worker")
     batch_size: int = _opt(64, "Most events the worker (or scan: files) takes into one batch.",
-                           "worker", used_by=WORKER_RUNNERS | {"scan"})
+                           "worker", used_by=WORKER_RUNNERS | {"scan", "bench embedding"})
     batch_timeout_ms: int = _opt(
         20, "Longest wait (ms) for a batch to fill before it is processed.", "worker",
         used_by=WORKER_RUNNERS)

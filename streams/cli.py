@@ -259,13 +259,27 @@ def _parser() -> argparse.ArgumentParser:
     quality.add_argument("--out", default="bench-quality.json", metavar="FILE",
                          help="where to write the JSON results")
     embedding = _command(benches, "bench embedding", _bench_embedding,
-                         "Embedding speed: images/s at several batch sizes.",
+                         "Embedding speed per backend and batch size; --profile: where a "
+                         "scan's time goes, per image.",
                          "Times the encoder's forward pass (and the stage, with its extra "
-                         "content-region views) on the bundled photos, CPU or CUDA.")
+                         "content-region views) on --photos, CPU or CUDA, for each of "
+                         "--backends. --profile adds, per backend, the milliseconds per image of "
+                         "each step of the cascade run on its own (read, decode, cheap stages, "
+                         "views, preprocess, forward, search + decide + index) and `dupwatch "
+                         "scan`'s images/s end to end (start-up excluded) over the same photos, "
+                         "as JSON and a markdown table. The onnx backends need `dupwatch model "
+                         "export` first.")
+    embedding.add_argument("--backends", default=None, metavar="NAME,NAME",
+                           help="backends to measure side by side: torch, onnx, onnx-int8 "
+                                "(default: --embedding-backend)")
     embedding.add_argument("--batch-sizes", default="1,16,32,64", metavar="N,N",
                            help="batch sizes to time")
     embedding.add_argument("--images", type=int, default=256, metavar="N",
-                           help="images per measurement")
+                           help="images per forward-pass measurement (the photos reused)")
+    embedding.add_argument("--profile", action="store_true",
+                           help="profile each step per image, and time `dupwatch scan`")
+    embedding.add_argument("--photos", action="append", default=[], metavar="DIR",
+                           help="photos to use; repeat for more (default: the bundled samples)")
     embedding.add_argument("--out", default="bench-embedding.json", metavar="FILE",
                            help="where to write the JSON results")
     index = _command(benches, "bench index", _bench_index,
@@ -538,8 +552,16 @@ def _bench_quality(settings: Settings, args: argparse.Namespace) -> int:
 
 def _bench_embedding(settings: Settings, args: argparse.Namespace) -> int:
     from dupwatch.bench.embedding import run_embedding_bench
+    from dupwatch.model.backends import NAMES
+
+    backends = (args.backends or settings.embedding_backend).split(",")
+    if set(backends) - set(NAMES):
+        print(f"dupwatch: --backends {args.backends!r}: choose from {', '.join(NAMES)}",
+              file=sys.stderr)
+        return 2
     sizes = [int(size) for size in args.batch_sizes.split(",")]
-    return run_embedding_bench(settings, sizes, args.images, args.out)
+    return run_embedding_bench(settings, backends, sizes, args.images, args.profile,
+                               args.photos, args.out)
 
 
 def _model_export(settings: Settings, args: argparse.Namespace) -> int:

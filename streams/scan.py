@@ -70,12 +70,13 @@ def in_order(files: list[ImageFile], preference: str) -> list[ImageFile]:
     return sorted(files, key=lambda file: key(FileFacts.of(file.path)))
 
 
-def scan(settings: Settings, files: list[ImageFile],
-         tenant: str) -> Iterator[tuple[ImageFile, Outcome]]:
+def scan(settings: Settings, files: list[ImageFile], tenant: str,
+         processor: Processor | None = None) -> Iterator[tuple[ImageFile, Outcome]]:
     """Outcomes in file order, checked as a worker checks them: ``batch_size`` files at a time,
     each against every file before it. The next batch decodes in the decode processes while
-    this one goes through the cascade, so decoding and the forward pass keep both cores busy."""
-    processor = Processor(settings.replace(worker_name="scan"), build_cascade(settings))
+    this one goes through the cascade, so decoding and the forward pass keep both cores busy.
+    ``processor``: one already started (None: one for ``settings``)."""
+    processor = processor or scan_processor(settings)
     size = max(1, settings.batch_size)
     batches = [files[start:start + size] for start in range(0, len(files), size)]
     ahead = _taken_in(processor, batches[0], tenant, settings) if batches else None
@@ -84,6 +85,10 @@ def scan(settings: Settings, files: list[ImageFile],
         ahead = (_taken_in(processor, batches[number + 1], tenant, settings)
                  if number + 1 < len(batches) else None)
         yield from _settled(processor, *current)  # type: ignore[misc]
+
+
+def scan_processor(settings: Settings) -> Processor:
+    return Processor(settings.replace(worker_name="scan"), build_cascade(settings))
 
 
 _Slots = list[tuple[ImageFile, DeadLetter | None]]   # a file and its outcome if known already
