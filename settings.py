@@ -117,7 +117,7 @@ class Settings:
         "", "Folder of the ONNX exports, made by `dupwatch model export` (empty: "
         "~/.cache/dupwatch/exports).", "detection", used_by=ENCODER_USERS)
     embedding_threads: int = _opt(
-        0, "CPU threads for the encoder (0: PyTorch's default, one per core).", "detection",
+        0, "CPU threads for the encoder (0: the backend's default, one per core).", "detection",
         used_by=ENCODER_USERS)
     vector_index: str = _opt(
         "flat", "Embedding index of each tenant: flat (exact; search time grows with the index: "
