@@ -28,7 +28,7 @@ TOPIC_CREATORS = frozenset({"worker", "publish", "remove", "bank add"})  # creat
 CASCADE_RUNNERS = frozenset({"worker", "scan", "demo", "bench throughput", "bench workers",
                              "bench soak", "bench hostile"})
 WORKER_RUNNERS = CASCADE_RUNNERS - {"scan"}   # run `dupwatch worker` processes, in-process or not
-ENCODER_USERS = CASCADE_RUNNERS | {"bench quality", "bench embedding"}
+ENCODER_USERS = CASCADE_RUNNERS | {"bench quality", "bench embedding", "model export"}
 VECTOR_INDEX_USERS = CASCADE_RUNNERS | {"bench index"}
 
 # Headings of the settings' groups in --help, and who reads a setting that does not say.
@@ -112,8 +112,16 @@ class Settings:
         used_by=ENCODER_USERS)
     embedding_device: str = _opt("auto", "auto (CUDA when present), cuda or cpu.", "detection",
                                  used_by=ENCODER_USERS)
+    embedding_backend: str = _opt(
+        "torch", "How the encoder runs: torch, onnx (ONNX Runtime, fp32) or onnx-int8 (int8, "
+        "faster on CPUs, slightly different descriptors); the onnx ones need `dupwatch model "
+        "export` first. README: Embedding speed.", "detection",
+        used_by=ENCODER_USERS - {"model export"})
+    export_dir: str = _opt(
+        "", "Folder of the ONNX exports, made by `dupwatch model export` (empty: "
+        "~/.cache/dupwatch/exports).", "detection", used_by=ENCODER_USERS)
     embedding_threads: int = _opt(
-        0, "CPU threads for the encoder (0: PyTorch's default, one per core).", "detection",
+        0, "CPU threads for the encoder (0: the backend's default, one per core).", "detection",
         used_by=ENCODER_USERS)
     vector_index: str = _opt(
         "flat", "Embedding index of each tenant: flat (exact; search time grows with the index: "
@@ -184,8 +192,8 @@ class Settings:
     group_id: str = _opt("dupwatch", "Consumer group and Faust app id of the workers.", "worker")
     worker_name: str = _opt(
         f"{socket.gethostname()}-{os.getpid()}", "Name written into each verdict.", "worker")
-    batch_size: int = _opt(64, "Most events the worker takes into one batch.", "worker",
-                           used_by=WORKER_RUNNERS)
+    batch_size: int = _opt(64, "Most events the worker (or scan: files) takes into one batch.",
+                           "worker", used_by=WORKER_RUNNERS | {"scan", "bench embedding"})
     batch_timeout_ms: int = _opt(
         20, "Longest wait (ms) for a batch to fill before it is processed.", "worker",
         used_by=WORKER_RUNNERS)
@@ -306,6 +314,9 @@ class Settings:
                                                 else str(value).lower() if isinstance(value, bool)
                                                 else str(value))
         return env
+
+    def export_path(self) -> Path | None:
+        return Path(self.export_dir).expanduser() if self.export_dir else None
 
     def state_path(self) -> Path | None:
         return Path(self.state_dir) if self.state_dir else None

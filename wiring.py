@@ -31,6 +31,8 @@ class EmbeddingOptions:
     resolution: int = 160
     device: str = "auto"
     threads: int = 0
+    backend: str = "torch"       # model/backends.py registers the names
+    export_dir: Path | None = None  # None: the default place for ONNX exports
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,8 @@ class Options:
             embedding=EmbeddingOptions(Path(settings.weights) if settings.weights else None,
                                        settings.weights_sha256 or None,
                                        settings.embedding_resolution, settings.embedding_device,
-                                       settings.embedding_threads),
+                                       settings.embedding_threads, settings.embedding_backend,
+                                       settings.export_path()),
             vector=vector_options(settings))
 
 

@@ -46,6 +46,7 @@ from dupwatch.model.augment import families
 from dupwatch.model.data import PHOTO_KINDS, Photo, by_source, list_photos, load_all
 from dupwatch.schemas import VerdictLabel
 from dupwatch.settings import Settings
+from dupwatch.wiring import Options
 
 SEED = 2021
 TOP_K = 10
@@ -82,9 +83,7 @@ def run_quality_bench(settings: Settings, folders: list[str], use_all: bool, out
                       write_calibration: bool) -> int:
     photos = list_photos(*map(Path, folders))
     limits = DecodeLimits(settings.max_image_pixels, settings.decode_draft_side)
-    model = EmbeddingModel.load(Path(settings.weights) if settings.weights else None,
-                                settings.embedding_resolution, settings.embedding_device,
-                                settings.embedding_threads, sha256=settings.weights_sha256 or None)
+    model = EmbeddingModel.from_options(Options.from_settings(settings).embedding)
     groups = _groups(photos, use_all)
     sizes = {name: len(members) for name, members in groups.items()}
     say(", ".join(f"{name}: {size} images" for name, size in sizes.items()))
