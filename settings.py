@@ -90,19 +90,21 @@ class Settings:
         0.99, "Calibrated score (measured precision) a match needs to be decisive, any stage.",
         "detection", used_by=CASCADE_RUNNERS | {"bench quality"})
     phash_size: int = _opt(
-        8, "pHash grid side: the hash has phash_size^2 bits (8 gives 64 bits).", "detection",
+        16, "pHash grid side: the hash has phash_size^2 bits (16 gives 256 bits, which keeps "
+        "distinct pages of one manual apart where 64 bits do not; the shipped calibration is "
+        "fitted for 16).", "detection",
         used_by=CASCADE_RUNNERS | {"bench quality"})
     phash_max_distance: int = _opt(
-        16, "Largest Hamming distance (bits) at which a pHash match counts as evidence at all.",
+        64, "Largest Hamming distance (bits) at which a pHash match counts as evidence at all.",
         "detection", used_by=CASCADE_RUNNERS | {"bench quality"})
     phash_near_distance: int = _opt(
-        8, "Largest Hamming distance (bits) of a match labelled near_duplicate, not variant.",
+        32, "Largest Hamming distance (bits) of a match labelled near_duplicate, not variant.",
         "detection")
     decode_draft_side: int = _opt(
         256, "Decode big JPEGs at reduced scale while the shorter side stays >= this (0: off).",
         "detection", used_by=CASCADE_RUNNERS | {"bench quality"})
     weights: str = _opt(
-        "", "Encoder weights file (empty: the bundled model/weights/encoder-v2.pt, whose SHA-256 "
+        "", "Encoder weights file (empty: the bundled model/weights/encoder-v3.pt, whose SHA-256 "
         "dupwatch knows).", "detection", used_by=ENCODER_USERS)
     weights_sha256: str = _opt(
         "", "SHA-256 (hex) that --weights must have; required with --weights: weights are code "

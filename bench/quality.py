@@ -88,7 +88,7 @@ def run_quality_bench(settings: Settings, folders: list[str], use_all: bool, out
     sizes = {name: len(members) for name, members in groups.items()}
     say(", ".join(f"{name}: {size} images" for name, size in sizes.items()))
     if use_all:
-        calibrations, evidence = load_calibrations(CALIBRATION_FILE)
+        calibrations, evidence = load_calibrations(CALIBRATION_FILE, settings.phash_size)
         stages = _stages(settings, model, calibrations)
     else:
         # Each set keeps its decoded images (~4 GB): only its size outlives the fit.
@@ -97,7 +97,8 @@ def run_quality_bench(settings: Settings, folders: list[str], use_all: bool, out
         calibration_queries = len(calibration_set.queries)
         del calibration_set
     if write_calibration and not use_all:
-        save_calibrations(CALIBRATION_FILE, {s.name: s.calibration for s in stages[1:]}, evidence, {
+        save_calibrations(CALIBRATION_FILE, {s.name: s.calibration for s in stages[1:]}, evidence,
+                          settings.phash_size, {
             "sources": "CALIBRATION_SOURCES (model/data.py)", "seed": SEED,
             "queries": calibration_queries, "model_version": model.version,
             "note": "fitted on source packages that neither training nor the test split uses"})

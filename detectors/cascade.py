@@ -300,7 +300,7 @@ def build_cascade(settings: Settings,
     """The cascade the settings describe, over an empty in-memory store (a worker gives it
     the sharded store instead: streams/app.py)."""
     options = Options.from_settings(settings)
-    calibrations, evidence = load_calibrations(CALIBRATION_FILE)
+    calibrations, evidence = load_calibrations(CALIBRATION_FILE, options.phash.size)
     context = StageContext(options, calibrations, on_embedding_batch)
     stages = [build_stage(name, context) for name in options.cascade.stages]
     model_version = next((stage.model.version for stage in stages  # type: ignore[attr-defined]

@@ -123,7 +123,7 @@ def test_exports_are_refused_when_damaged_stale_or_missing(export_dir, tmp_path)
 def test_the_model_knows_its_backend(export_dir) -> None:
     model = EmbeddingModel.load(backend="onnx-int8", export_dir=export_dir)
     assert model.version.endswith("+onnx-int8") and model.dim == 256
-    assert EmbeddingModel.load().version.startswith("encoder-v2+")
+    assert EmbeddingModel.load().version.startswith("encoder-v3+")
 
 
 def test_scan_without_an_export_says_how_to_make_one(tmp_path) -> None:
