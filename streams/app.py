@@ -9,7 +9,9 @@ on ``web_port``.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
+import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -199,6 +201,7 @@ def run_worker(settings: Settings) -> None:
     70) if the shard server's thread died.
     """
     store = store_options(settings)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1` prints every thread's stack: a hang's cause
     if settings.web_enabled:
         _check_web_port(settings.web_port)
     if store.state_dir is not None:
