@@ -29,7 +29,7 @@ CASCADE_RUNNERS = frozenset({"worker", "scan", "demo", "bench throughput", "benc
                              "bench soak", "bench hostile"})
 WORKER_RUNNERS = CASCADE_RUNNERS - {"scan"}   # run `dupwatch worker` processes, in-process or not
 ENCODER_USERS = CASCADE_RUNNERS | {"bench quality", "bench embedding", "model export"}
-VECTOR_INDEX_USERS = CASCADE_RUNNERS | {"bench index"}
+VECTOR_INDEX_USERS = CASCADE_RUNNERS | {"bench index", "bench recovery"}
 
 # Headings of the settings' groups in --help, and who reads a setting that does not say.
 GROUP_TITLES = {"kafka": "Kafka connection", "topics": "topics", "detection": "detection",

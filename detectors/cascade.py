@@ -13,7 +13,7 @@ from dupwatch.detectors.registry import StageContext, build_stage
 from dupwatch.index import Entry, Hit, LocalStore, Lookup, Store, set_search_threads
 from dupwatch.schemas import Candidate, Flag, Rejected, Verdict, VerdictLabel, utc_now
 from dupwatch.settings import Settings
-from dupwatch.wiring import Options
+from dupwatch import wiring  # a module, not its names: wiring imports this package too
 
 CALIBRATION_FILE = Path(__file__).resolve().parents[1] / "model" / "calibration.json"
 # The image id a lookup is checked under: no event has it (the schema asks for one character at
@@ -299,7 +299,7 @@ def build_cascade(settings: Settings,
                   on_embedding_batch: Callable[[int, float], None] | None = None) -> Cascade:
     """The cascade the settings describe, over an empty in-memory store (a worker gives it
     the sharded store instead: streams/app.py)."""
-    options = Options.from_settings(settings)
+    options = wiring.Options.from_settings(settings)
     calibrations, evidence = load_calibrations(CALIBRATION_FILE, options.phash.size)
     context = StageContext(options, calibrations, on_embedding_batch)
     stages = [build_stage(name, context) for name in options.cascade.stages]

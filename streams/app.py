@@ -9,7 +9,9 @@ on ``web_port``, and ``POST /v1/lookup`` with its ``/v1/openapi.json`` (streams/
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
+import signal
 import socket
 import time
 from concurrent.futures import Executor
@@ -234,6 +236,7 @@ def run_worker(settings: Settings) -> None:
     70) if the shard server's thread died.
     """
     store = store_options(settings)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1` prints every thread's stack: a hang's cause
     if settings.web_enabled:
         _check_web_port(settings.web_port)
     if store.state_dir is not None:

@@ -257,6 +257,17 @@ def _parser() -> argparse.ArgumentParser:
                          help="events per measurement (bundled photos, unique bytes each)")
     workers.add_argument("--out", default="bench-workers.json", metavar="FILE",
                          help="where to write the JSON results")
+    recovery = _command(benches, "bench recovery", _bench_recovery,
+                        "Seconds for a shard of N images to recover: snapshot + changelog tail.",
+                        "In-process, with a shard's store and codec: replays N changelog "
+                        "records (a shard without a snapshot), saves and loads the shard's "
+                        "snapshot, then applies --tail more records to the loaded shard.")
+    recovery.add_argument("--sizes", default="100000", metavar="N,N",
+                          help="images (changelog records) per shard to measure")
+    recovery.add_argument("--tail", type=int, default=10_000, metavar="N",
+                          help="records applied after the snapshot is loaded")
+    recovery.add_argument("--out", default="bench-recovery.json", metavar="FILE",
+                          help="where to write the JSON results")
     quality = _command(benches, "bench quality", _bench_quality,
                        "Detection quality on images from sources training never saw.",
                        "Fits the worker's score calibration on one group of held-out source "
@@ -650,6 +661,12 @@ def _bench_workers(settings: Settings, args: argparse.Namespace) -> int:
     from dupwatch.bench.workers import run_workers_bench
     return run_workers_bench(settings, [int(n) for n in args.counts.split(",")], args.events,
                              args.out)
+
+
+def _bench_recovery(settings: Settings, args: argparse.Namespace) -> int:
+    from dupwatch.bench.recovery import run_recovery_bench
+    return run_recovery_bench(settings, [int(n) for n in args.sizes.split(",")], args.tail,
+                              args.out)
 
 
 def _bench_hostile(settings: Settings, args: argparse.Namespace) -> int:

@@ -52,6 +52,7 @@ def stream_settings(bootstrap_servers: str) -> Settings:
     return Settings().replace(
         bootstrap_servers=bootstrap_servers, input_topic=f"t{run}.images",
         verdict_topic=f"t{run}.verdicts", dead_letter_topic=f"t{run}.dead-letters",
+        index_topic_prefix=f"t{run}.index", control_topic=f"t{run}.control",
         group_id=f"dupwatch-test-{run}", partitions=2, rebalance_timeout_s=6.0,
         session_timeout_s=6.0, worker_name=f"test-worker-{run}")
 

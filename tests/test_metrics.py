@@ -111,8 +111,10 @@ def test_a_worker_counts_what_it_processes(stream_settings: Settings, worker_fac
         series = [(name, dict(labels), value) for (name, labels), value in now.items()]
         lags = {labels["partition"]: value for name, labels, value in series
                 if name == "dupwatch_consumer_lag"}
-        entries = {labels["stage"]: value for name, labels, value in series
-                   if name == "dupwatch_index_entries" and labels["tenant"] == "shop"}
+        entries: dict[str, float] = {}  # summed over the shards
+        for name, labels, value in series:
+            if name == "dupwatch_index_entries" and labels["tenant"] == "shop":
+                entries[labels["stage"]] = entries.get(labels["stage"], 0) + value
         done = set(lags) == {"0", "1"} and not any(lags.values()) and \
             all(entries.get(stage) == count for stage, count in indexed.items())
         return now if done else None

@@ -20,6 +20,7 @@ from PIL import Image
 from dupwatch.detectors import build_cascade
 from dupwatch.index import LocalStore, Lookup
 from dupwatch.index.codec import decode_entry
+from dupwatch.index.snapshot import MANIFEST
 from dupwatch.schemas import ImageEvent
 from dupwatch.settings import Settings
 from dupwatch.streams.follow import TopicReader
@@ -274,9 +275,9 @@ def _caught_up_snapshots(state_dir: Path, settings: Settings) -> dict[int, Path]
     while True:
         offsets = {}
         for shard in ends:
-            saved = state_dir / "shards" / str(shard) / "changelog-offset.json"
+            saved = state_dir / "shards" / str(shard) / MANIFEST
             try:
-                offsets[shard] = json.loads(saved.read_text())["next_offset"]
+                offsets[shard] = json.loads(saved.read_text())["meta"]["next_offset"]
             except (OSError, ValueError):  # not written yet, or swapped in right now
                 offsets[shard] = None
         if offsets == ends:

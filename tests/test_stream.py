@@ -215,7 +215,7 @@ def test_a_restarted_worker_keeps_its_index(stream_settings: Settings, worker_fa
         publisher.flush()
         assert len(list(reader.records(max_records=len(first), idle_timeout_s=90))) == len(first)
         assert worker.stop() == 0
-        assert (tmp_path / "state" / "phash" / "shop").is_dir()
+        assert (tmp_path / "state" / "shards" / "0" / "manifest.json").is_file()
         worker_factory(settings, "second")
         for event in file_events([s.file for s in second[:10]], "shop"):
             publisher.publish(event)
