@@ -225,8 +225,10 @@ def lookup_result_schema() -> dict[str, Any]:
     """The verdict's schema, for a lookup: marked ``lookup``, its image id only if the event
     had one, and no event metadata or submission time."""
     doc = copy.deepcopy(schema("verdict"))
-    doc.pop("$id", None)
-    doc.pop("examples", None)
+    for name in ("$id", "examples"):
+        doc.pop(name)
+    # Inlined: a reference into $defs would resolve against the OpenAPI document that holds it.
+    doc["properties"]["candidates"]["items"] = doc.pop("$defs")["candidate"]
     doc["title"] = "dupwatch lookup result"
     doc["description"] = ("What the cascade answers for an image now, against every image the "
                           "tenant's index holds; the image itself is not indexed.")
