@@ -31,7 +31,7 @@ from PIL import Image
 
 from dupwatch.bench.report import machine, markdown_table, percentiles_ms, write_results
 from dupwatch.bench.soak import Ledger, Traffic, _Collector, _PacedPublisher, _sources
-from dupwatch.schemas import ImageEvent
+from dupwatch.schemas import ImageEvent, utc_now
 from dupwatch.settings import Settings
 from dupwatch.streams.broker import EmbeddedBroker, free_port
 from dupwatch.streams.follow import TopicReader
@@ -92,7 +92,8 @@ def _index(settings: Settings, pictures: list[bytes]) -> None:
     with TopicReader(settings, [settings.verdict_topic], from_beginning=True) as reader:
         publisher = Publisher(settings)
         for number, picture in enumerate(pictures):
-            publisher.publish(ImageEvent(f"indexed-{number}", TENANT, picture))
+            publisher.publish(ImageEvent(f"indexed-{number}", TENANT, picture,
+                                         submitted_at=utc_now()))
         publisher.close()
         got = list(reader.records(max_records=len(pictures), idle_timeout_s=120))
     if len(got) < len(pictures):
