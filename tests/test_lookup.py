@@ -19,6 +19,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from prometheus_client.parser import text_string_to_metric_families
 
+from dupwatch.index.codec import shard_of
 from dupwatch.schemas import ImageEvent
 from dupwatch.settings import Settings
 from dupwatch.streams.app import GAUGE_REFRESH_S
@@ -340,3 +341,37 @@ def test_the_cli_prints_answers_and_says_by_its_status_whether_any_matched(worke
     env["DUPWATCH_TOKEN"] = OTHER_ONLY
     refused = lookup(str(unrelated.file.path))
     assert refused.returncode == 2 and "HTTP 403" in refused.stdout
+
+
+def test_with_shards_a_lookup_on_either_worker_finds_images_the_other_holds(
+        stream_settings: Settings, worker_factory, tmp_path: Path, samples) -> None:
+    """Two workers over a two-shard index: each hosts one shard, and a lookup on either one
+    fans out to both (the slowest test here: it runs last)."""
+    run = uuid.uuid4().hex[:8]
+    settings = stream_settings.replace(
+        shards=2, index_topic_prefix=f"t{run}.index", control_topic=f"t{run}.control",
+        lookup_retry_s=3.0, api_tokens=[ALL])
+    ensure_topics(settings)
+    workers = [worker_factory(settings.replace(worker_name=name, state_dir=str(tmp_path / name)),
+                              name) for name in ("w0", "w1")]
+    for process in workers:
+        process.wait_ready()
+    originals = [s for s in samples if s.role == "original"]
+    with TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
+        _publish(settings, list(file_events([s.file for s in originals], "shop")))
+        _await_verdicts(reader, len(originals))
+    exact = {s.source: s for s in _copies(samples) if s.transform == "exact"}
+    for process in workers:
+        url = f"http://127.0.0.1:{process.settings.web_port}"
+        hosted = set(json.loads(Worker(process.settings, process, "", tmp_path).get(
+            "/readyz"))["hosted_shards"])
+        assert len(hosted) == 1  # two workers, two shards: one each
+        elsewhere = 0
+        client = LookupClient(url, ALL)
+        for original in originals:
+            answer = client.look_up(exact[original.file.image_id].file.path.read_bytes(),
+                                    "shop", "image/jpeg")
+            assert answer["match_id"] == original.file.image_id, (url, original.file.image_id)
+            elsewhere += shard_of("shop", original.file.image_id, 2) not in hosted
+        client.close()
+        assert elsewhere > 0  # some of what it found is held by the other worker only
