@@ -83,15 +83,19 @@ class Worker:
             return failure.status, failure.body
 
     def get(self, path: str) -> bytes:
-        connection = http.client.HTTPConnection("127.0.0.1", self.settings.web_port, timeout=30)
-        connection.request("GET", path)
-        return connection.getresponse().read()
+        return _get(self.settings.web_port, path)
 
     def index_sizes(self) -> dict[tuple[str, str], float]:
         text = self.get("/metrics").decode()
         return {(s.labels["stage"], s.labels["tenant"]): s.value
                 for family in text_string_to_metric_families(text)
                 if family.name == "dupwatch_index_entries" for s in family.samples}
+
+
+def _get(port: int, path: str) -> bytes:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("GET", path)
+    return connection.getresponse().read()
 
 
 def _publish(settings: Settings, events: list[ImageEvent]) -> None:
@@ -363,8 +367,7 @@ def test_with_shards_a_lookup_on_either_worker_finds_images_the_other_holds(
     exact = {s.source: s for s in _copies(samples) if s.transform == "exact"}
     for process in workers:
         url = f"http://127.0.0.1:{process.settings.web_port}"
-        hosted = set(json.loads(Worker(process.settings, process, "", tmp_path).get(
-            "/readyz"))["hosted_shards"])
+        hosted = set(json.loads(_get(process.settings.web_port, "/readyz"))["hosted_shards"])
         assert len(hosted) == 1  # two workers, two shards: one each
         elsewhere = 0
         client = LookupClient(url, ALL)
