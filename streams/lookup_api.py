@@ -20,7 +20,6 @@ import asyncio
 import copy
 import hmac
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
