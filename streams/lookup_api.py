@@ -115,8 +115,9 @@ class ApiError(Exception):
     @classmethod
     def rejected(cls, rejection: Rejected) -> "ApiError":
         """Input the stream would dead-letter: 422 with its reason (500 for our own fault)."""
-        error = cls(500 if rejection.reason is Reason.PROCESSING_FAILED else 422,
-                    "unprocessable", rejection.detail)
+        ours = rejection.reason is Reason.PROCESSING_FAILED
+        error = cls(500 if ours else 422, "internal_error" if ours else "unprocessable",
+                    rejection.detail)
         error.body["reason"] = rejection.reason.value
         return error
 
@@ -246,7 +247,7 @@ _ERROR_SCHEMA = {
     "properties": {
         "error": {"type": "string", "description": "A stable code: unauthorized, forbidden, "
                   "bad_request, lookup_disabled, too_large, unsupported_media_type, "
-                  "unprocessable, overloaded."},
+                  "unprocessable, internal_error, overloaded."},
         "detail": {"type": "string", "description": "What happened and what to do, for people."},
         "reason": {"enum": [reason.value for reason in Reason],
                    "description": "413 and 422: the dead-letter reason the stream would give."}}}
