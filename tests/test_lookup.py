@@ -86,10 +86,13 @@ class Worker:
         return _get(self.settings.web_port, path)
 
     def index_sizes(self) -> dict[tuple[str, str], float]:
-        text = self.get("/metrics").decode()
-        return {(s.labels["stage"], s.labels["tenant"]): s.value
-                for family in text_string_to_metric_families(text)
-                if family.name == "dupwatch_index_entries" for s in family.samples}
+        """Entries per stage and tenant, over every index shard the worker holds."""
+        sizes: dict[tuple[str, str], float] = {}
+        for family in text_string_to_metric_families(self.get("/metrics").decode()):
+            for sample in family.samples if family.name == "dupwatch_index_entries" else []:
+                key = (sample.labels["stage"], sample.labels["tenant"])
+                sizes[key] = sizes.get(key, 0) + sample.value
+        return sizes
 
 
 def _get(port: int, path: str) -> bytes:
