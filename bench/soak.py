@@ -160,6 +160,10 @@ class Traffic:
         event = ImageEvent(image_id=image_id, tenant=TENANT, data=data, submitted_at=utc_now())
         return kind, key, event.to_json()
 
+    def fresh_picture(self) -> bytes:
+        """A new picture's JPEG bytes, as the mix's fresh events carry."""
+        return self._make("fresh")
+
     def _make(self, kind: str) -> bytes:
         if kind == "variant":
             family = self.rng.choice(list(augment.FAMILIES))

@@ -366,6 +366,23 @@ def _parser() -> argparse.ArgumentParser:
     soak.add_argument("--out", default="bench-soak.json", metavar="FILE",
                       help="where to write the JSON results (summary and time series)")
 
+    lookup_bench = _command(
+        benches, "bench lookup", _bench_lookup,
+        "Synchronous lookups (POST /v1/lookup) per second and their latency, alone and beside "
+        "a stream at half its capacity.",
+        "An embedded broker and one worker process whose stream indexes 200 new pictures; "
+        "then, at each --concurrency, clients send lookups one after another for --seconds: "
+        "re-encoded copies the pHash settles, and new pictures that need the embedding. Then "
+        "the worker's capacity on `bench soak`'s mix is measured and the mix flows at half of "
+        "it, alone and beside each kind of lookup at concurrency 8: the stream's verdict rate "
+        "kept and the lookups' p99 against alone. Records the load average at each step.")
+    lookup_bench.add_argument("--concurrency", default="1,8,32", metavar="N,N",
+                              help="concurrent clients, one measurement each")
+    lookup_bench.add_argument("--seconds", type=float, default=10.0, metavar="S",
+                              help="length of each measurement")
+    lookup_bench.add_argument("--out", default="bench-lookup.json", metavar="FILE",
+                              help="where to write the JSON results")
+
     hostile = _command(benches, "bench hostile", _bench_hostile,
                        "What hostile input of one tenant costs the others: scan bombs among good "
                        "events, slow-loris sources ahead of good events, and `dupwatch scan` of "
@@ -667,6 +684,12 @@ def _bench_recovery(settings: Settings, args: argparse.Namespace) -> int:
     from dupwatch.bench.recovery import run_recovery_bench
     return run_recovery_bench(settings, [int(n) for n in args.sizes.split(",")], args.tail,
                               args.out)
+
+
+def _bench_lookup(settings: Settings, args: argparse.Namespace) -> int:
+    from dupwatch.bench.lookup import run_lookup_bench
+    return run_lookup_bench(settings, [int(n) for n in args.concurrency.split(",")],
+                            args.seconds, args.out)
 
 
 def _bench_hostile(settings: Settings, args: argparse.Namespace) -> int:

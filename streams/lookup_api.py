@@ -20,7 +20,6 @@ import asyncio
 import copy
 import hmac
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -116,8 +115,9 @@ class ApiError(Exception):
     @classmethod
     def rejected(cls, rejection: Rejected) -> "ApiError":
         """Input the stream would dead-letter: 422 with its reason (500 for our own fault)."""
-        error = cls(500 if rejection.reason is Reason.PROCESSING_FAILED else 422,
-                    "unprocessable", rejection.detail)
+        ours = rejection.reason is Reason.PROCESSING_FAILED
+        error = cls(500 if ours else 422, "internal_error" if ours else "unprocessable",
+                    rejection.detail)
         error.body["reason"] = rejection.reason.value
         return error
 
@@ -225,8 +225,10 @@ def lookup_result_schema() -> dict[str, Any]:
     """The verdict's schema, for a lookup: marked ``lookup``, its image id only if the event
     had one, and no event metadata or submission time."""
     doc = copy.deepcopy(schema("verdict"))
-    doc.pop("$id", None)
-    doc.pop("examples", None)
+    for name in ("$id", "examples"):
+        doc.pop(name)
+    # Inlined: a reference into $defs would resolve against the OpenAPI document that holds it.
+    doc["properties"]["candidates"]["items"] = doc.pop("$defs")["candidate"]
     doc["title"] = "dupwatch lookup result"
     doc["description"] = ("What the cascade answers for an image now, against every image the "
                           "tenant's index holds; the image itself is not indexed.")
@@ -245,7 +247,7 @@ _ERROR_SCHEMA = {
     "properties": {
         "error": {"type": "string", "description": "A stable code: unauthorized, forbidden, "
                   "bad_request, lookup_disabled, too_large, unsupported_media_type, "
-                  "unprocessable, overloaded."},
+                  "unprocessable, internal_error, overloaded."},
         "detail": {"type": "string", "description": "What happened and what to do, for people."},
         "reason": {"enum": [reason.value for reason in Reason],
                    "description": "413 and 422: the dead-letter reason the stream would give."}}}

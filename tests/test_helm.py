@@ -33,7 +33,8 @@ CHART = ROOT / "helm" / "dupwatch"
 DASHBOARD = CHART / "dashboards" / "dupwatch.json"
 RULES = CHART / "alerts" / "dupwatch.rules.yaml"
 VALUES = {"default": None, "gpu": CHART / "ci" / "gpu-values.yaml",
-          "kafka-security": CHART / "ci" / "kafka-security-values.yaml"}
+          "kafka-security": CHART / "ci" / "kafka-security-values.yaml",
+          "lookup": CHART / "ci" / "lookup-values.yaml"}
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest known.
 KUBERNETES = ["1.25.0", kubernetes_validate.latest_version()]
 PROMTOOL = shutil.which("promtool")
@@ -156,6 +157,29 @@ def test_a_password_in_values_goes_into_a_secret_the_chart_makes() -> None:
     assert kinds["Secret"]["data"] == {"sasl-password": "cDRzcw=="}
     secret = worker_env(kinds)["DUPWATCH_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
     assert secret["name"] == kinds["Secret"]["metadata"]["name"]
+
+
+def test_lookup_tokens_come_from_a_secret_file_and_a_policy_guards_the_port() -> None:
+    docs = render(values_of("lookup"))
+    kinds = by_kind(docs)
+    config, pod = kinds["ConfigMap"]["data"], pod_spec(kinds)
+    assert not any("TOKENS" in name for name in worker_env(kinds))  # never a plain variable
+    assert {v["name"]: v for v in pod["volumes"]}["lookup-tokens"]["secret"] == {
+        "secretName": "dupwatch-lookup-tokens"}
+    mount = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert config["DUPWATCH_API_TOKENS_FILE"] == f"{mount['lookup-tokens']}/tokens"
+    assert config["DUPWATCH_LOOKUP_QUEUE"] == "16"
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    lookup = services[kinds["StatefulSet"]["metadata"]["name"] + "-lookup"]["spec"]
+    assert lookup["type"] == "ClusterIP" and lookup["ports"][0]["targetPort"] == "http"
+    assert lookup["selector"] == kinds["StatefulSet"]["spec"]["selector"]["matchLabels"]
+    policy = kinds["NetworkPolicy"]["spec"]
+    assert policy["podSelector"]["matchLabels"] == lookup["selector"]
+    assert policy["ingress"][0]["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert len(policy["ingress"][0]["from"]) == 2
+    closed = by_kind(render({"networkPolicy": {"enabled": True}}))["NetworkPolicy"]["spec"]
+    assert closed["ingress"] == [] and closed["policyTypes"] == ["Ingress"]
+    assert "DUPWATCH_API_TOKENS_FILE" not in by_kind(render({}))["ConfigMap"]["data"]
 
 
 @pytest.mark.parametrize("variant", VALUES)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from dupwatch.detectors import build_cascade
-from dupwatch.detectors.cascade import DESCRIBE_CHUNK
+from dupwatch.detectors.cascade import DESCRIBE_CHUNK, DESCRIBE_CHUNK_FOR_LOOKUPS
 from dupwatch.schemas import Rejected, VerdictLabel
 from dupwatch.settings import Settings
 from dupwatch.streams.cascade_thread import CascadeThread
@@ -77,6 +77,10 @@ def test_a_batch_pauses_between_its_rounds_and_its_embedding_chunks(samples) -> 
     chunks = -(-len(items) // DESCRIBE_CHUNK)
     # A pause before rounds 2 and 3, and between the embedding's chunks.
     assert len(pauses) == 2 + (chunks - 1)
+    pauses.clear()
+    cascade.lookups_coming = lambda: True  # smaller chunks: more pauses
+    cascade.check_batch([("u", item_id, cascade.image(image.raw)) for _, item_id, image in items])
+    assert len(pauses) == 2 + (-(-len(items) // DESCRIBE_CHUNK_FOR_LOOKUPS) - 1)
 
 
 def _jpeg(picture: Image.Image) -> bytes:
@@ -195,3 +199,26 @@ def test_tokens_come_from_a_file_too_and_are_never_in_the_settings_repr(tmp_path
     assert ALL not in repr(settings)
     with pytest.raises(TokenError):
         Tokens.of(Settings(api_tokens_file=str(tmp_path / "missing")))
+
+
+def test_lookups_flooding_the_thread_leave_the_stream_half_of_its_time() -> None:
+    """Strict priority would run every lookup before any stream batch: a stream beside
+    lookups that never stop would get nothing."""
+    thread = CascadeThread()
+    order: list[str] = []
+    gate = threading.Event()
+    thread.submit(gate.wait, 10)
+
+    def work(name: str) -> None:
+        time.sleep(0.01)
+        order.append(name)
+
+    futures = [thread.submit_urgent(work, "lookup") for _ in range(20)]
+    futures += [thread.submit(work, "batch") for _ in range(5)]
+    gate.set()
+    for future in futures:
+        future.result(30)
+    thread.shutdown()
+    runs = "".join("L" if name == "lookup" else "B" for name in order)
+    assert runs.rindex("B") < runs.rindex("L")  # the batches did not wait for every lookup
+    assert max(len(run) for run in runs.split("B")[:-1]) <= 3, runs
