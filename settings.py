@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from dupwatch.errors import UserError
+
 ENV_PREFIX = "DUPWATCH_"
 
 # Who reads what: commands by their full name ("bank add", "bench soak").
@@ -32,11 +34,11 @@ VECTOR_INDEX_USERS = CASCADE_RUNNERS | {"bench index"}
 # Headings of the settings' groups in --help, and who reads a setting that does not say.
 GROUP_TITLES = {"kafka": "Kafka connection", "topics": "topics", "detection": "detection",
                 "limits": "input limits", "worker": "worker", "sharding": "sharded index",
-                "logging": "logging"}
+                "lookup": "synchronous lookup (POST /v1/lookup)", "logging": "logging"}
 _GROUP_READERS = {"kafka": KAFKA_CLIENTS, "topics": TOPIC_CREATORS,
                   "detection": CASCADE_RUNNERS, "limits": CASCADE_RUNNERS,
                   "worker": frozenset({"worker"}), "sharding": frozenset({"worker"}),
-                  "logging": KAFKA_CLIENTS}
+                  "lookup": frozenset({"worker"}), "logging": KAFKA_CLIENTS}
 
 
 def _opt(default: Any, help: str, group: str, used_by: Iterable[str] | None = None,
@@ -44,8 +46,10 @@ def _opt(default: Any, help: str, group: str, used_by: Iterable[str] | None = No
     return field(default=default, metadata=_metadata(help, group, used_by), **kwargs)
 
 
-def _list(default: list[str], help: str, group: str, used_by: Iterable[str] | None = None) -> Any:
-    return field(default_factory=lambda: list(default), metadata=_metadata(help, group, used_by))
+def _list(default: list[str], help: str, group: str, used_by: Iterable[str] | None = None,
+          **kwargs: Any) -> Any:
+    return field(default_factory=lambda: list(default), metadata=_metadata(help, group, used_by),
+                 **kwargs)
 
 
 def _metadata(help: str, group: str, used_by: Iterable[str] | None) -> dict[str, Any]:
@@ -213,10 +217,12 @@ class Settings:
     session_timeout_s: float = _opt(
         20.0, "Consumer-group session timeout (s): how soon a dead worker is noticed.", "worker")
 
-    # -- sharding: the index split over workers (0 shards: each worker holds all of it)
+    # -- sharding: the index split over workers (one worker hosts every shard)
     shards: int = _opt(
-        0, "Index shards over Kafka (partitions of the changelog); 0 keeps every index in the "
-        "worker's memory, for a single worker.", "sharding", used_by={"worker", "bench workers"})
+        8, "Index shards: partitions of the changelog that holds a worker's index, fixed for the "
+        "index's life (the most workers that share the index). A worker hosts the shards Kafka "
+        "assigns it; a lone worker hosts all of them.", "sharding",
+        used_by={"worker", "bench workers"})
     index_topic_prefix: str = _opt(
         "dupwatch.index", "Prefix of the sharded index's topics: .changelog, .lookups, .answers.",
         "sharding")
@@ -232,6 +238,21 @@ class Settings:
     lookup_retry_s: float = _opt(
         5.0, "Resend a lookup to shards that have not answered within this long (rebalancing).",
         "sharding")
+
+    # -- lookup: the worker's synchronous HTTP lookup (streams/lookup_api.py)
+    api_tokens: list[str] = _list(
+        [], "Bearer tokens that may call POST /v1/lookup, comma separated; TOKEN:t1|t2 limits "
+        "one to tenants t1 and t2. The endpoint is off while no token is configured here or in "
+        "api_tokens_file (never logged).", "lookup", repr=False)
+    api_tokens_file: str = _opt(
+        "", "File of lookup tokens, one per line in the api_tokens form (# comments), e.g. "
+        "mounted from a Kubernetes Secret.", "lookup")
+    lookup_queue: int = _opt(
+        32, "Lookups a worker takes at once (waiting or running); more are answered 503 with "
+        "Retry-After.", "lookup")
+    token: str = _opt(
+        "", "Bearer token for `dupwatch lookup` (better in the environment than on the command "
+        "line, where other users can see it).", "lookup", used_by={"lookup"}, repr=False)
 
     # -- logging
     log_level: str = _opt(
@@ -332,7 +353,7 @@ def _parse(f: dataclasses.Field, raw: str) -> Any:
         if kind == "list[str]":
             return [part.strip() for part in raw.split(",") if part.strip()]
     except ValueError:
-        raise SystemExit(
-            f"dupwatch: setting {f.name} expects {kind}, got {raw!r} "
+        raise UserError(
+            f"setting {f.name} expects {kind}, got {raw!r} "
             f"(from --{f.name.replace('_', '-')} or {ENV_PREFIX}{f.name.upper()})") from None
     return raw

@@ -4,18 +4,26 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from dupwatch.detectors.calibration import Evidence, load_calibrations
 from dupwatch.detectors.image import DecodeLimits, ImageInput
-from dupwatch.detectors.phash import PHashStage, ReorientedPHashStage
-from dupwatch.detectors.protocol import Stage
-from dupwatch.detectors.sha256 import Sha256Stage
+from dupwatch.detectors.protocol import BatchedStage, Stage
+from dupwatch.detectors.registry import StageContext, build_stage
 from dupwatch.index import Entry, Hit, LocalStore, Lookup, Store, set_search_threads
 from dupwatch.schemas import Candidate, Flag, Rejected, Verdict, VerdictLabel, utc_now
 from dupwatch.settings import Settings
+from dupwatch.wiring import Options
 
 CALIBRATION_FILE = Path(__file__).resolve().parents[1] / "model" / "calibration.json"
+# The image id a lookup is checked under: no event has it (the schema asks for one character at
+# least), so a lookup is never taken for a re-delivery and hides no indexed image from itself.
+LOOKUP_ID = ""
+# Images per call of a batched stage (the embedding): a batch of 16 already runs about twice as
+# fast per image as one by one (README: embedding speed), and between calls the cascade may
+# pause for waiting lookups (see ``pause_point``), so a lookup waits for at most 16 of a
+# stream batch's images, not all of them.
+DESCRIBE_CHUNK = 16
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class _Run:
     result: CascadeResult | Rejected | None = None
     redelivered: bool = False
     flags: set[Flag] = field(default_factory=set)
+    top_k: int = 0                  # candidates listed in its result
 
 
 class Cascade:
@@ -91,6 +100,9 @@ class Cascade:
         self.model_version = model_version
         self.match_only_tenants = match_only_tenants
         self.store: Store = store if store is not None else self.new_local_store()
+        # Called on the checking thread between the steps of a check (rounds, chunks of a
+        # batched stage), where nothing is half done: a worker runs waiting lookups there.
+        self.pause_point: Callable[[], None] = lambda: None
 
     def new_local_store(self) -> LocalStore:
         return LocalStore({stage.name: (stage.new_index, stage.load_index) for stage in self.stages})
@@ -109,8 +121,19 @@ class Cascade:
             raise result
         return result
 
+    def look_up(self, tenant: str, image: ImageInput, top_k: int | None = None) -> CascadeResult:
+        """What checking the image would answer now, listing ``top_k`` candidates (default: the
+        cascade's), without indexing it: the index is left exactly as it was.
+
+        Raises :class:`dupwatch.schemas.Rejected` for bytes that cannot be decoded.
+        """
+        result = self.check_batch([(tenant, LOOKUP_ID, image)], index=False, top_k=top_k)[0]
+        if isinstance(result, Rejected):
+            raise result
+        return result
+
     def check_batch(self, items: list[tuple[str, str, ImageInput]], *,
-                    index: bool = True) -> list[CascadeResult | Rejected]:
+                    index: bool = True, top_k: int | None = None) -> list[CascadeResult | Rejected]:
         """Check images as if one by one in this order, each against everything before it
         (indexed earlier, or earlier in the batch), then index them unless ``index`` is False
         or their tenant is match-only. A re-delivered image (the same bytes under the same id,
@@ -122,12 +145,15 @@ class Cascade:
         runs: dict[tuple[str, str, bytes], _Run] = {}
         for tenant, image_id, image in items:  # an image twice in a batch is checked once
             if (tenant, image_id, image.digest) not in runs:
-                run = runs[tenant, image_id, image.digest] = _Run(tenant, image_id, image)
+                run = runs[tenant, image_id, image.digest] = _Run(
+                    tenant, image_id, image, top_k=self.top_k if top_k is None else top_k)
                 if any(key[:2] == (tenant, image_id) for key in runs if key[2] != image.digest):
                     run.flags.add(Flag.IMAGE_ID_REUSED)
         within_batch = self.new_local_store()
         pending = list(runs.values())
         for number, stages in enumerate(self._rounds()):
+            if number:
+                self.pause_point()
             pending = self._run_round(stages, pending, within_batch, first=number == 0)
         for run in pending:
             run.result = self._result(None, run)
@@ -165,7 +191,7 @@ class Cascade:
             return [[stage] for stage in self.stages]
         rounds: list[list[Stage]] = []
         for stage in self.stages:
-            if not rounds or getattr(stage, "batched", False):
+            if not rounds or stage.batched:
                 rounds.append([])
             rounds[-1].append(stage)
         return rounds
@@ -209,15 +235,18 @@ class Cascade:
                     run.image.pixels  # noqa: B018  decoded once (maybe ahead), timed on its own
                     run.timings_ms["decode"] = round(run.image.decode_ms or 0.0, 3)
                 for stage in stages:
-                    if not getattr(stage, "batched", False) and _applies(stage, run.image):
+                    if not stage.batched and _applies(stage, run.image):
                         _signal(stage, run.image)
                 described.append(run)
             except Rejected as error:
                 run.result = error
         for stage in stages:
-            if getattr(stage, "batched", False):
-                _describe_batch(stage, [run.image for run in described
-                                        if _applies(stage, run.image)])
+            if stage.batched:
+                images = [run.image for run in described if _applies(stage, run.image)]
+                for start in range(0, len(images), DESCRIBE_CHUNK):
+                    if start:
+                        self.pause_point()
+                    _describe_batch(stage, images[start:start + DESCRIBE_CHUNK])
         return [(run, {stage.name: run.image.signals[stage.name] for stage in stages
                        if _applies(stage, run.image)}) for run in described]
 
@@ -230,7 +259,7 @@ class Cascade:
     def _result(self, match: Candidate | None, run: _Run) -> CascadeResult:
         run.timings_ms["total"] = round(sum(run.timings_ms.values()), 3)
         label = self._label(match, run) if match else VerdictLabel.UNIQUE
-        best = _best_per_image(run.candidates)[: self.top_k]
+        best = _best_per_image(run.candidates)[: run.top_k]
         if any(stage.needs_pixels for stage in self.stages) and _flat(run.image):
             run.flags.add(Flag.LOW_INFORMATION)
         return CascadeResult(label, match, best, run.timings_ms, tuple(sorted(run.flags)))
@@ -280,53 +309,19 @@ class Cascade:
 
 def build_cascade(settings: Settings,
                   on_embedding_batch: Callable[[int, float], None] | None = None) -> Cascade:
-    """The cascade the settings describe, with any saved indexes loaded."""
+    """The cascade the settings describe, over an empty in-memory store (a worker gives it
+    the sharded store instead: streams/app.py)."""
+    options = Options.from_settings(settings)
     calibrations, evidence = load_calibrations(CALIBRATION_FILE)
-    stages: list[Stage] = []
-    model_version = None
-    for name in settings.stages:
-        if name == "sha256":
-            stages.append(Sha256Stage())
-        elif name in ("phash", "phash_reoriented"):
-            # The shipped calibration was fitted for 64-bit hashes.
-            calibration = calibrations.get(name) if settings.phash_size == 8 else None
-            kind = PHashStage if name == "phash" else ReorientedPHashStage
-            stages.append(kind(settings.phash_size, settings.phash_max_distance, calibration,
-                               settings.phash_near_distance))
-        elif name == "embedding":
-            stage = _embedding_stage(settings, calibrations, on_embedding_batch)
-            model_version = stage.model.version
-            stages.append(stage)
-        else:
-            raise SystemExit(f"dupwatch: unknown stage {name!r} in stages "
-                             "(choose from sha256, phash, phash_reoriented, embedding)")
-    limits = DecodeLimits(settings.max_image_pixels, settings.decode_draft_side,
-                          settings.decode_timeout_ms, settings.max_jpeg_scans,
-                          settings.decode_memory_mb)
-    cascade = Cascade(stages, limits,
-                      min_score=settings.min_score, search_k=settings.search_k, top_k=settings.top_k,
-                      search_threads=settings.search_threads, model_version=model_version,
-                      match_only_tenants=frozenset(settings.match_only_tenants),
-                      evidence=evidence)
-    state = settings.state_path()
-    if state is not None and isinstance(cascade.store, LocalStore):
-        cascade.store.load(state)
-    return cascade
-
-
-def _embedding_stage(settings: Settings, calibrations: dict,
-                     on_batch: Callable[[int, float], None] | None) -> Stage:
-    from dupwatch.detectors.embedding import EmbeddingModel, EmbeddingStage, WeightsError
-    from dupwatch.model.backends import BackendError
-
-    if "embedding" not in calibrations:
-        raise SystemExit(f"dupwatch: {CALIBRATION_FILE} has no embedding calibration; "
-                         "run `dupwatch bench quality --write-calibration`")
-    try:
-        model = EmbeddingModel.from_settings(settings)
-    except (WeightsError, BackendError) as error:
-        raise SystemExit(f"dupwatch: {error}") from None
-    return EmbeddingStage(model, calibrations["embedding"], on_batch)
+    context = StageContext(options, calibrations, on_embedding_batch)
+    stages = [build_stage(name, context) for name in options.cascade.stages]
+    model_version = next((stage.model.version for stage in stages  # type: ignore[attr-defined]
+                          if stage.name == "embedding"), None)
+    cascade_options = options.cascade
+    return Cascade(stages, options.decode, min_score=cascade_options.min_score,
+                   search_k=cascade_options.search_k, top_k=cascade_options.top_k,
+                   search_threads=cascade_options.search_threads, model_version=model_version,
+                   match_only_tenants=cascade_options.match_only_tenants, evidence=evidence)
 
 
 def _best_per_image(candidates: list[Candidate]) -> list[Candidate]:
@@ -373,7 +368,7 @@ def _describe_batch(stage: Stage, images: list[ImageInput]) -> None:
     if not missing:
         return
     started = time.perf_counter()
-    signals = stage.describe_batch(missing)  # type: ignore[attr-defined]
+    signals = cast(BatchedStage, stage).describe_batch(missing)
     share = _ms_since(started) / len(missing)
     for image, signal in zip(missing, signals, strict=True):
         image.signals[stage.name] = signal

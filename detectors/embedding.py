@@ -18,12 +18,14 @@ from PIL import Image
 
 from dupwatch.detectors.calibration import Calibration
 from dupwatch.detectors.image import ImageInput
+from dupwatch.detectors.registry import StageContext, stage
+from dupwatch.errors import ConfigError
 from dupwatch.index import VectorIndex
 from dupwatch.index.vector import VectorIndexOptions
 from dupwatch.model import backends, pinned
 from dupwatch.model.backends import EmbeddingBackend
 from dupwatch.schemas import VerdictLabel
-from dupwatch.settings import Settings
+from dupwatch.wiring import EmbeddingOptions
 
 DEFAULT_WEIGHTS = pinned.bundled_path()
 
@@ -59,11 +61,10 @@ class EmbeddingModel:
         return cls(runner, resolution, f"{path.stem}+{actual[:12]}{suffix}")
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "EmbeddingModel":
-        return cls.load(Path(settings.weights) if settings.weights else None,
-                        settings.embedding_resolution, settings.embedding_device,
-                        settings.embedding_threads, sha256=settings.weights_sha256 or None,
-                        backend=settings.embedding_backend, export_dir=settings.export_path())
+    def from_options(cls, options: EmbeddingOptions) -> "EmbeddingModel":
+        return cls.load(options.weights, options.resolution, options.device, options.threads,
+                        sha256=options.sha256, backend=options.backend,
+                        export_dir=options.export_dir)
 
     @property
     def dim(self) -> int:
@@ -200,3 +201,17 @@ class EmbeddingStage:
 
     def recognises(self, distance: float) -> bool:
         return True
+
+
+@stage("embedding")
+def _build(context: StageContext) -> EmbeddingStage:
+    if "embedding" not in context.calibrations:
+        raise ConfigError("the shipped calibration has no embedding calibration; run "
+                          "`dupwatch bench quality --write-calibration`")
+    options = context.options.embedding
+    try:
+        model = EmbeddingModel.from_options(options)
+    except (WeightsError, backends.BackendError) as error:
+        raise ConfigError(str(error)) from None
+    return EmbeddingStage(model, context.calibrations["embedding"], context.on_batch,
+                          context.options.vector)

@@ -20,6 +20,7 @@ from PIL import Image
 
 from dupwatch.detectors.calibration import Calibration
 from dupwatch.detectors.image import ImageInput
+from dupwatch.detectors.registry import StageContext, stage
 from dupwatch.index import BinaryIndex
 from dupwatch.schemas import VerdictLabel
 
@@ -28,6 +29,7 @@ class PHashStage:
     name = "phash"
     label = VerdictLabel.NEAR_DUPLICATE
     needs_pixels = True
+    batched = False
 
     def __init__(self, size: int = 8, max_distance: int = 16,
                  calibration: Calibration | None = None, near_distance: int = 8) -> None:
@@ -88,3 +90,20 @@ def _small_grey(image: ImageInput, size: int) -> Image.Image:
 
 def _hash(picture: Image.Image, size: int) -> bytes:
     return np.packbits(imagehash.phash(picture, hash_size=size).hash.ravel()).tobytes()
+
+
+@stage("phash")
+def _build_phash(context: StageContext) -> PHashStage:
+    return _build(PHashStage, context)
+
+
+@stage("phash_reoriented")
+def _build_reoriented(context: StageContext) -> ReorientedPHashStage:
+    return _build(ReorientedPHashStage, context)
+
+
+def _build(kind: type[PHashStage], context: StageContext) -> PHashStage:
+    options = context.options.phash
+    # The shipped calibration was fitted for 64-bit hashes.
+    calibration = context.calibrations.get(kind.name) if options.size == 8 else None
+    return kind(options.size, options.max_distance, calibration, options.near_distance)

@@ -4,7 +4,7 @@ Bad input goes to the dead-letter topic. Offsets are committed only after an eve
 dead letter is acknowledged by the broker, and only up to the first event still in progress
 (at-least-once; see streams/pipeline.py). With ``web_enabled`` the
 worker serves ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz`` (see streams/health.py)
-on ``web_port``.
+on ``web_port``, and ``POST /v1/lookup`` with its ``/v1/openapi.json`` (streams/lookup_api.py).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import asyncio
 import logging
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from typing import Any, Iterable
 
 import faust
@@ -21,16 +21,23 @@ from faust.types import TP
 from faust.web import Request, Response, View
 
 from dupwatch.detectors import build_cascade
-from dupwatch.index import LocalStore
+from dupwatch.errors import UserError
 from dupwatch.schemas import DeadLetter, Verdict
 from dupwatch.settings import Settings
 from dupwatch.streams import metrics
+from dupwatch.streams.cascade_thread import CascadeThread
 from dupwatch.streams.health import PartitionProgress, readiness
 from dupwatch.streams.kafka import ensure_topics, faust_credentials, max_message_bytes
+from dupwatch.streams.lookup_api import (
+    ApiError, LookupRequest, LookupService, TokenError, Tokens, openapi,
+)
 from dupwatch.streams.pipeline import Pipeline, record_of
 from dupwatch.streams.processor import InputRecord, Processor
-from dupwatch.streams.shards import ShardClient, ShardServer
+from dupwatch.streams.shards import (
+    ShardClient, ShardServer, check_shard_count, refuse_in_memory_snapshot,
+)
 from dupwatch.streams.worker_log import configure_logging, log_rebalances, log_start
+from dupwatch.wiring import store_options
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +46,8 @@ log = logging.getLogger(__name__)
 GAUGE_REFRESH_S = 5.0
 
 
-def create_app(settings: Settings, processor: Processor, executor: ThreadPoolExecutor,
-               shards: ShardServer | None = None) -> faust.App:
+def create_app(settings: Settings, processor: Processor, executor: CascadeThread,
+               shards: ShardServer | None = None, tokens: Tokens | None = None) -> faust.App:
     app = faust.App(
         settings.group_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_list],
@@ -65,12 +72,13 @@ def create_app(settings: Settings, processor: Processor, executor: ThreadPoolExe
     _add_control_agent(app, settings, processor, executor)
     _add_gauge_refresh(app, processor, executor, progress, shards)
     _add_probes(app, shards)
+    _add_lookup(app, LookupService(settings, processor, executor, tokens or Tokens([])))
     log_rebalances(app)
     return app
 
 
 def _add_agent(app: faust.App, settings: Settings, processor: Processor,
-               executor: ThreadPoolExecutor, progress: PartitionProgress) -> None:
+               executor: Executor, progress: PartitionProgress) -> None:
     images = app.topic(settings.input_topic, key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw")
     verdicts = _raw_topic(app, settings.verdict_topic)
@@ -95,7 +103,7 @@ def _add_agent(app: faust.App, settings: Settings, processor: Processor,
 
 
 def _add_control_agent(app: faust.App, settings: Settings, processor: Processor,
-                       executor: ThreadPoolExecutor) -> None:
+                       executor: Executor) -> None:
     """Takedowns and bank loads, applied on the cascade's thread between batches."""
     commands = _raw_topic(app, settings.control_topic)
     dead_letters = _raw_topic(app, settings.dead_letter_topic)
@@ -116,7 +124,7 @@ def _raw_topic(app: faust.App, name: str) -> faust.TopicT:
     return app.topic(name, key_serializer="raw", value_serializer="raw")
 
 
-def _add_gauge_refresh(app: faust.App, processor: Processor, executor: ThreadPoolExecutor,
+def _add_gauge_refresh(app: faust.App, processor: Processor, executor: Executor,
                        progress: PartitionProgress, shards: ShardServer | None) -> None:
     @app.on_partitions_revoked.connect
     async def forget(app: faust.App, revoked: set[TP], **kwargs: Any) -> None:
@@ -129,12 +137,9 @@ def _add_gauge_refresh(app: faust.App, processor: Processor, executor: ThreadPoo
             metrics.set_consumer_lag(progress.topic, await _lag(app, progress, assigned))
             if shards is not None:
                 metrics.set_index_sizes({str(n): sizes for n, sizes in shards.sizes.items()})
-            elif isinstance(processor.cascade.store, LocalStore):
-                # Counted on the cascade's own thread, between batches: no check changes the
-                # indexes while they are counted.
-                loop = asyncio.get_running_loop()
-                sizes = await loop.run_in_executor(executor, processor.cascade.store.size)
-                metrics.set_index_sizes({metrics.WHOLE_INDEX: sizes})
+                metrics.set_index_structures(
+                    {str(n): s for n, s in shards.structures.items()},
+                    {str(n): at for n, at in shards.snapshotted_at.items()})
         except Exception:  # an exception would end the timer for good; the next tick retries
             log.warning("could not refresh the lag and index-size gauges", exc_info=True)
 
@@ -168,6 +173,9 @@ def _add_probes(app: faust.App, shards: ShardServer | None) -> None:
 
     @app.page("/healthz")
     async def healthz(web: View, request: Request) -> Response:
+        if shards is not None and shards.failure is not None:  # the orchestrator restarts it
+            return web.json({"status": "failed", "reason": f"shard server: {shards.failure!r}"},
+                            status=500)
         return web.json({"status": "alive"})
 
     @app.page("/readyz")
@@ -180,6 +188,36 @@ def _add_probes(app: faust.App, shards: ShardServer | None) -> None:
         return web.json(body, status=200 if ready else 503)
 
 
+def _add_lookup(app: faust.App, service: LookupService) -> None:
+    @app.page("/v1/lookup")
+    class Lookup(View):
+        async def post(self, request: Request) -> Response:
+            started = time.perf_counter()
+            lookup = LookupRequest(request.query.get("tenant", ""), _int_or_none(request.query.get("top_k")),
+                                   request.content_type, request.content_length)
+            try:
+                service.admit(lookup, request.headers.get("Authorization"))
+                answer, status, headers = await service.answer(lookup, request.content), 200, {}
+            except ApiError as error:
+                answer, status, headers = error.body, error.status, error.headers
+            metrics.observe_lookup(status, time.perf_counter() - started)
+            return self.json(answer, status=status, headers=headers)
+
+    @app.page("/v1/openapi.json")
+    async def lookup_openapi(web: View, request: Request) -> Response:
+        return web.json(openapi())
+
+
+def _int_or_none(text: str | None) -> int | None:
+    """A query parameter as an integer (-1 when it is not one, which every check refuses)."""
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return -1
+
+
 def _key(record: InputRecord, outcome: Verdict | DeadLetter) -> bytes | None:
     if isinstance(outcome, Verdict):
         return f"{outcome.tenant}/{outcome.image_id}".encode()
@@ -187,39 +225,45 @@ def _key(record: InputRecord, outcome: Verdict | DeadLetter) -> bytes | None:
 
 
 def run_worker(settings: Settings) -> None:
-    """Run one worker until SIGTERM/SIGINT; save the indexes on the way out if configured.
+    """Run one worker until SIGTERM/SIGINT.
 
-    The cascade (and so any model and index snapshot) is loaded before the web server
-    starts: a worker that answers its probes has it. With ``shards`` > 0 the worker also hosts
-    the index shards Kafka assigns it, and its cascade looks images up across all shards.
+    The worker keeps its index in the changelog-backed shards (streams/shards.py): it hosts the
+    shards Kafka assigns it (all of them when it is alone) and looks images up across all
+    shards, in-process for its own. The cascade (and so any model) is loaded before the web
+    server starts: a worker that answers its probes has it. Raises WorkerFailed (exit status
+    70) if the shard server's thread died.
     """
+    store = store_options(settings)
     if settings.web_enabled:
         _check_web_port(settings.web_port)
+    if store.state_dir is not None:
+        refuse_in_memory_snapshot(store.state_dir)
     configure_logging(settings)
     ensure_topics(settings)
+    check_shard_count(settings)
     cascade = build_cascade(settings, on_embedding_batch=metrics.observe_embedding_batch)
     log_start(settings, cascade)
     if cascade.model_version:
         metrics.set_model_version(cascade.model_version)
-    shards = client = None
-    if settings.shards > 0:
-        shards = ShardServer(settings, cascade.new_local_store).start()
-        cascade.store = client = ShardClient(settings)
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dupwatch-cascade")
-    app = create_app(settings, Processor(settings, cascade), executor, shards)
+    try:
+        tokens = Tokens.of(settings)
+    except TokenError as error:
+        raise UserError(str(error)) from None
+    shards = ShardServer(settings, cascade.new_local_store).start()
+    cascade.store = client = ShardClient(settings, local=shards)
+    executor = CascadeThread()
+    cascade.pause_point = executor.run_urgent  # lookups waiting go between a batch's steps
+    app = create_app(settings, Processor(settings, cascade), executor, shards, tokens)
     worker = faust.Worker(app, quiet=True, override_logging=False)
     worker.spinner = None  # it writes cursor codes, even into a file
     try:
         worker.execute_from_commandline()
     finally:
+        client.closing = True  # a lookup waiting for a shard on a dead worker gives up
         executor.shutdown(wait=True)
-        if client is not None and shards is not None:
-            client.close()
-            shards.stop()  # snapshots its shards into state_dir
-        state = settings.state_path()
-        if state is not None and isinstance(cascade.store, LocalStore):
-            cascade.store.save(state)
-            log.warning("saved index snapshot to %s", state)
+        client.close()
+        shards.stop()  # snapshots its shards into state_dir
+    shards.check_alive()
 
 
 def _check_web_port(port: int) -> None:
@@ -229,7 +273,7 @@ def _check_web_port(port: int) -> None:
         try:
             probe.bind(("0.0.0.0", port))
         except OSError as exc:
-            raise SystemExit(
-                f"dupwatch: web port {port} is not free ({exc.strerror}): another worker may be "
+            raise UserError(
+                f"web port {port} is not free ({exc.strerror}): another worker may be "
                 "using it. Give this one --web-port N (DUPWATCH_WEB_PORT), or --web-enabled "
                 "false to run without metrics and probes.") from None

@@ -7,6 +7,7 @@ import os
 import sys
 
 from dupwatch import __version__
+from dupwatch.errors import UserError, WorkerFailed
 from dupwatch.settings import Settings
 
 SKIPPED_NAMED = 20  # skipped files named one by one; beyond, a count
@@ -20,14 +21,17 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    settings = Settings.load(args=args)
     from dupwatch.streams.follow import MissingTopic
     from dupwatch.streams.kafka import BrokerUnreachable
     try:
+        settings = Settings.load(args=args)
         return int(args.handler(settings, args) or 0)
-    except (BrokerUnreachable, MissingTopic) as exc:
+    except (BrokerUnreachable, MissingTopic, UserError) as exc:
         print(f"dupwatch: {exc}", file=sys.stderr)
         return 2
+    except WorkerFailed as exc:  # the log has the traceback; the orchestrator restarts it
+        print(f"dupwatch: {exc}", file=sys.stderr)
+        return WorkerFailed.exit_status
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # e.g. `| head`: the reader has all it wanted
@@ -160,6 +164,23 @@ def _parser() -> argparse.ArgumentParser:
                           help="stop after N records")
     verdicts.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
                           help="stop after this long without a new record")
+
+    lookup = _command(commands, "lookup", _lookup,
+                      "Ask a running worker whether image files are already known (never "
+                      "indexes them).",
+                      "Sends each file to the worker's POST /v1/lookup, which checks it with the "
+                      "worker's cascade against every image the tenant's index holds and "
+                      "answers as a verdict would, without indexing it. Files are chosen and "
+                      "named as by `dupwatch publish`. Needs a token the worker accepts (--token "
+                      "or DUPWATCH_TOKEN). Exit status: 0 when at least one file matched, 1 when "
+                      "none did, 2 when a lookup failed.")
+    _paths_and_tenant(lookup, tenant_help="tenant whose images to compare with", required=True)
+    lookup.add_argument("--url", default="http://127.0.0.1:6066", metavar="URL",
+                        help="the worker's web address (its --web-port)")
+    lookup.add_argument("--format", choices=["table", "jsonl"], default="table",
+                        help="table: one row per file; jsonl: each answer in full, with 'file'")
+    lookup.add_argument("--top-k", type=int, default=None, metavar="N",
+                        help="candidates to list per answer (default: the worker's top_k)")
 
     scan = _command(commands, "scan", _scan,
                     "Run the cascade in-process over image files, no broker needed.",
@@ -524,6 +545,22 @@ def _verdicts(settings: Settings, args: argparse.Namespace) -> int:
             else:
                 table.row(record.document)
     return 0
+
+
+def _lookup(settings: Settings, args: argparse.Namespace) -> int:
+    from dupwatch.streams.lookup_client import LookupClient, run_lookup
+
+    if not settings.token:
+        print("dupwatch: lookup needs a token: --token or DUPWATCH_TOKEN", file=sys.stderr)
+        return 2
+    try:
+        client = LookupClient(args.url, settings.token)
+    except ValueError as exc:
+        print(f"dupwatch: {exc}", file=sys.stderr)
+        return 2
+    files, empty = _files(args.paths)
+    status = run_lookup(files, client, args.tenant, args.format, args.top_k)
+    return 2 if empty else status
 
 
 def _scan(settings: Settings, args: argparse.Namespace) -> int:

@@ -55,12 +55,26 @@ CONSUMER_LAG = Gauge(
     ["topic", "partition"])
 CONTROL_COMMANDS = Counter(
     "dupwatch_control_commands", "Control commands applied (remove, bank_add).", ["action"])
+INDEX_STRUCTURE = Gauge(
+    "dupwatch_index_structure_info",
+    "The structure each tenant's vector index serves in each hosted shard (always 1): flat, or "
+    "hnsw-sq8 / ivf-sq8 once trained (--vector-index, --vector-train-after).",
+    ["shard", "tenant", "structure"])
+LAST_SNAPSHOT = Gauge(
+    "dupwatch_index_last_snapshot_timestamp_seconds",
+    "When each hosted shard was last snapshotted into state_dir (Unix time).", ["shard"])
 MODEL = Gauge("dupwatch_model_info", "The embedding model the worker has loaded (always 1).",
               ["version"])
-
-# The shard label of a worker that holds the whole index itself (shards = 0).
-WHOLE_INDEX = "all"
-
+LOOKUPS = Counter(
+    "dupwatch_lookup_requests",
+    "Requests to POST /v1/lookup, by HTTP status (200 answered; 4xx refused; 503 overloaded).",
+    ["status"])
+LOOKUP_SECONDS = Histogram(
+    "dupwatch_lookup_duration_seconds",
+    "From a lookup request's arrival to its answer (waiting, fetch, decode and cascade), "
+    "answered lookups (status 200) only.", buckets=_STAGE_BUCKETS)
+LOOKUPS_IN_FLIGHT = Gauge(
+    "dupwatch_lookups_in_flight", "Lookups taken and not yet answered (at most lookup_queue).")
 
 def observe_outcomes(outcomes: Iterable[Verdict | DeadLetter], now: float) -> None:
     """Count published verdicts and dead letters; ``now`` is when the broker acknowledged them."""
@@ -110,6 +124,18 @@ def set_index_sizes(by_shard: Mapping[str, Mapping[str, Mapping[str, int]]]) -> 
                 INDEX_ENTRIES.labels(stage, tenant, shard).set(count)
 
 
+def set_index_structures(by_shard: Mapping[str, Mapping[str, str]],
+                         snapshotted_at: Mapping[str, float]) -> None:
+    """Each hosted shard's vector structures per tenant and its last snapshot's time."""
+    INDEX_STRUCTURE.clear()
+    for shard, structures in by_shard.items():
+        for tenant, structure in structures.items():
+            INDEX_STRUCTURE.labels(shard, tenant, structure).set(1)
+    LAST_SNAPSHOT.clear()
+    for shard, at in snapshotted_at.items():
+        LAST_SNAPSHOT.labels(shard).set(at)
+
+
 def count_control(action: str) -> None:
     CONTROL_COMMANDS.labels(action).inc()
 
@@ -128,3 +154,10 @@ def count_consumed(records: int) -> None:
 def exposition() -> tuple[bytes, str]:
     """The current values in Prometheus' text format, and its content type."""
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def observe_lookup(status: int, seconds: float) -> None:
+    """One request to POST /v1/lookup: its status and, if answered, how long it took."""
+    LOOKUPS.labels(str(status)).inc()
+    if status == 200:
+        LOOKUP_SECONDS.observe(seconds)

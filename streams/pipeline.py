@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Awaitable, Callable
@@ -49,7 +49,7 @@ class Pipeline:
     """Use as ``async with``; feed it with :meth:`add`. A failure in the checking step ends the
     agent that runs it, with that failure."""
 
-    def __init__(self, settings: Settings, processor: Processor, executor: ThreadPoolExecutor,
+    def __init__(self, settings: Settings, processor: Processor, executor: Executor,
                  deliver: Deliver, ack: Callable[[EventT], Awaitable[object]]) -> None:
         self.batch_size = settings.batch_size
         self.processor = processor

@@ -10,6 +10,7 @@ waiting on a slow source or a slow decode never holds up the records behind it
 """
 from __future__ import annotations
 
+import json
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -120,18 +121,55 @@ class Processor:
         except Exception as exc:
             return self._dead_letter(self._unexpected(exc, record), record, None)
 
+    def intake_lookup(self, tenant: str, body: bytes, *, is_event: bool) -> Pending:
+        """A lookup's image on its way, as :meth:`intake` starts an event's, in ``tenant``'s
+        turn: ``body`` is the image's bytes, or (``is_event``) an image event, parsed and
+        fetched as on the stream. An event naming another tenant is schema_invalid."""
+        pending = Pending(InputRecord(body))
+        with self._errors_into(pending):
+            if not is_event:
+                pending.preparing = self._decodes.submit(tenant, self._image(body))
+                return pending
+            pending.event = self._parsed(body)
+            if pending.event.tenant != tenant and _names_tenant(body):
+                raise Rejected(Reason.SCHEMA_INVALID, f"the event names tenant "
+                               f"{pending.event.tenant}, the request tenant {tenant}")
+            self._start_preparing(pending, tenant)
+        return pending
+
+    def look_up(self, pending: Pending, tenant: str, top_k: int | None = None) -> CascadeResult:
+        """On the cascade's thread, once ``pending`` is ready: what checking its image would
+        answer now, indexing nothing. Raises Rejected (a dead-letter reason) for input that is
+        not an image the cascade can read."""
+        self._take_prepared(pending)
+        if pending.error is None:
+            with self._errors_into(pending):
+                pending.result = self.cascade.look_up(tenant, pending.image, top_k)  # type: ignore[arg-type]
+        if pending.error is not None:
+            raise pending.error
+        assert isinstance(pending.result, CascadeResult)
+        return pending.result
+
     def _parse(self, record: InputRecord) -> Pending:
         pending = Pending(record)
         with self._errors_into(pending):
-            pending.event = event = parse_image_event(
-                record.value, max_event_bytes=self.settings.max_event_bytes,
-                max_metadata_bytes=self.settings.max_metadata_bytes)
-            if event.data is not None:
-                pending.preparing = self._decodes.submit(event.tenant, self._image(event.data))
-            else:
-                pending.fetch = self._fetches.fetch(event.tenant, event.uri or "")
-                pending.preparing = self._fetched_then_decoded(event.tenant, pending.fetch)
+            pending.event = self._parsed(record.value)
+            self._start_preparing(pending, pending.event.tenant)
         return pending
+
+    def _parsed(self, value: bytes) -> ImageEvent:
+        return parse_image_event(value, max_event_bytes=self.settings.max_event_bytes,
+                                 max_metadata_bytes=self.settings.max_metadata_bytes)
+
+    def _start_preparing(self, pending: Pending, tenant: str) -> None:
+        """Fetch (for a ``uri``) and decode the event's picture in the tenant's turns."""
+        event = pending.event
+        assert event is not None
+        if event.data is not None:
+            pending.preparing = self._decodes.submit(tenant, self._image(event.data))
+        else:
+            pending.fetch = self._fetches.fetch(tenant, event.uri or "")
+            pending.preparing = self._fetched_then_decoded(tenant, pending.fetch)
 
     def _fetched_then_decoded(self, tenant: str, fetch: Future[bytes]) -> Future[ImageInput]:
         prepared: Future[ImageInput] = Future()
@@ -214,6 +252,11 @@ class Processor:
             headers=record.headers, topic=record.topic, partition=record.partition,
             offset=record.offset, image_id=event.image_id if event else None,
             tenant=event.tenant if event else None)
+
+
+def _names_tenant(value: bytes) -> bool:
+    """Whether a (valid) event names its tenant, rather than taking the schema's default."""
+    return "tenant" in json.loads(value)
 
 
 def _pass_on(source: Future[ImageInput], target: Future[ImageInput]) -> None:

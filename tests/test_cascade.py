@@ -76,6 +76,7 @@ def test_a_saved_cascade_remembers_its_images(samples, tmp_path: Path) -> None:
         _check(cascade, sample)
     cascade.store.save(settings.state_path())
     restored = build_cascade(settings)
+    restored.store.load(settings.state_path())
     assert restored.store.size() == cascade.store.size()
     for sample in second:
         assert _check(restored, sample).label.value == sample.expected_verdict
