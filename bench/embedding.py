@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Callable
 
 from dupwatch.bench.report import machine, markdown_table, write_results
@@ -77,6 +76,8 @@ def _forward_rates(settings: Settings, files: list[ImageFile], batch_sizes: list
     batches = {}
     for size in batch_sizes:
         stage.describe_batch(images[:size])  # warm-up (allocator, kernels)
+        for image in images:
+            image.prepared.clear()  # the stage's rate includes making the views
         batches[str(size)] = {"forward_images_per_s": _rate(stage.model.embed, pixels, size),
                               "stage_images_per_s": _rate(stage.describe_batch, images, size)}
     return {"device": stage.model.device, "resolution": stage.model.resolution,

@@ -174,6 +174,18 @@ class Cascade:
             raise run.result
         self.store.add([Entry(tenant, image_id, described[0][1], {}, time.time_ns())])
 
+    def describe_ahead(self, image: ImageInput) -> None:
+        """Do the per-image work of every stage for a decoded image before check_batch asks for
+        it (the signals of unbatched stages, what batched ones prepare), e.g. on another thread
+        while this one runs a batch's forward pass. It changes no verdict: check_batch uses
+        what is there and computes the rest. Raises what decoding raised."""
+        for stage in self.stages:
+            if _applies(stage, image):
+                if getattr(stage, "batched", False):
+                    stage.prepare(image)  # type: ignore[attr-defined]
+                else:
+                    _signal(stage, image)
+
     def _rounds(self) -> list[list[Stage]]:
         """Stages grouped into lookups. In memory each stage has its own, so no stage describes
         an image an earlier one settled; when a lookup is a round trip to the shards, the cheap

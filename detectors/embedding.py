@@ -143,7 +143,7 @@ def _longest_run(mask: np.ndarray) -> tuple[int, int] | None:
     return best
 
 
-def per_image(vectors: np.ndarray, views: list[list]) -> list[np.ndarray]:
+def per_image(vectors: np.ndarray, views: list) -> list[np.ndarray]:
     """The rows of ``vectors`` (of all views, in order) split into each image's."""
     bounds = np.cumsum([0] + [len(v) for v in views])
     return [vectors[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
@@ -170,11 +170,19 @@ class EmbeddingStage:
     def describe_batch(self, images: list[ImageInput]) -> list[np.ndarray]:
         """All views of all images in one forward pass; (views, dim) per image."""
         started = time.perf_counter()
-        views = self.views(images)
-        vectors = self.model.embed([view for image_views in views for view in image_views])
+        pixels = [self.prepare(image) for image in images]
+        vectors = self.model.backend.embed(np.concatenate(pixels))
         if self._on_batch is not None:
             self._on_batch(len(images), time.perf_counter() - started)
-        return per_image(vectors, views)
+        return per_image(vectors, pixels)
+
+    def prepare(self, image: ImageInput) -> np.ndarray:
+        """The image's views as the encoder takes them, (views, R, R, 3) uint8: made once, here
+        or ahead on another thread (Cascade.describe_ahead)."""
+        if self.name not in image.prepared:
+            image.prepared[self.name] = backends.pixels_of(self.views([image])[0],
+                                                           self.model.resolution)
+        return image.prepared[self.name]
 
     @staticmethod
     def views(images: list[ImageInput]) -> list[list[Image.Image]]:

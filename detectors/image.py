@@ -82,6 +82,8 @@ class ImageInput:
         # embedding), and the milliseconds each took (a batch's time shared out evenly).
         self.signals: dict[str, Any] = {}
         self.describe_ms: dict[str, float] = {}
+        # Per-image work a batched stage did ahead (the embedding's resized views), by stage.
+        self.prepared: dict[str, Any] = {}
 
     @property
     def pixels(self) -> Image.Image:

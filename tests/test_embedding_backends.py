@@ -94,10 +94,13 @@ def test_unknown_backend_is_named_with_the_choices() -> None:
 
 
 def test_export_is_deterministic(export_dir, tmp_path) -> None:
+    """Both kinds: the int8 one's calibration is fixed too (the bundled photos)."""
     weights, digest = pinned_weights(None, None)
-    again = export(weights, digest, tmp_path, kinds=("fp32",))[0]
-    assert again.path.name == f"encoder-{digest[:16]}.fp32.onnx"
-    assert again.path.read_bytes() == ExportFile(export_dir, digest, "fp32").path.read_bytes()
+    for again in export(weights, digest, tmp_path):
+        assert again.path.name == f"encoder-{digest[:16]}.{again.kind}.onnx"
+        first = ExportFile(export_dir, digest, again.kind)
+        assert again.path.read_bytes() == first.path.read_bytes()
+        assert again.manifest.read_text() == first.manifest.read_text()
 
 
 def test_exports_are_refused_when_damaged_stale_or_missing(export_dir, tmp_path) -> None:
