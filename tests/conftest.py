@@ -87,3 +87,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 @pytest.fixture(scope="session")
 def samples() -> list[Sample]:
     return load_samples()
+
+
+@pytest.fixture(scope="session")
+def original_of(samples) -> dict[str, str]:
+    """Each sample's original: a copy's source, else itself. A copy may be matched to its
+    original or to an earlier copy of it (whichever scores higher); both are the same picture."""
+    return {s.file.image_id: s.source or s.file.image_id for s in samples}

@@ -66,7 +66,8 @@ def scanned(tmp_path_factory) -> Scanned:
     return Scanned(verdicts, jsonl, page)
 
 
-def test_every_duplicate_is_paired_with_its_match_and_has_thumbnails(scanned: Scanned) -> None:
+def test_every_duplicate_is_paired_with_its_match_and_has_thumbnails(scanned: Scanned,
+                                                                     original_of) -> None:
     data = page_data(scanned.page)
     duplicates = {v["image_id"]: v for v in scanned.verdicts if v["match_id"]}
     pairs = [pair for group in data["groups"] for pair in group["pairs"]]
@@ -76,8 +77,9 @@ def test_every_duplicate_is_paired_with_its_match_and_has_thumbnails(scanned: Sc
         expected = duplicates[pair["id"]]
         assert (pair["verdict"], pair["stage"], pair["score"]) == (
             expected["verdict"], expected["stage"], expected["score"])
-    # Every copy in the samples derives from an original: one group per original with copies.
-    roots = {v["match_id"] for v in duplicates.values()}
+    # Every copy in the samples derives from an original (matched directly or through an
+    # earlier copy of it): one group per original with copies, rooted at the original.
+    roots = {original_of[v["match_id"]] for v in duplicates.values()}
     assert sorted(g["root"] for g in data["groups"]) == sorted(roots)
     for image_id, uri in data["thumbs"].items():
         assert uri and uri.startswith("data:image/jpeg;base64,"), image_id
