@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from dupwatch.errors import UserError
+
 ENV_PREFIX = "DUPWATCH_"
 
 # Who reads what: commands by their full name ("bank add", "bench soak").
@@ -26,7 +28,7 @@ TOPIC_CREATORS = frozenset({"worker", "publish", "remove", "bank add"})  # creat
 CASCADE_RUNNERS = frozenset({"worker", "scan", "demo", "bench throughput", "bench workers",
                              "bench soak", "bench hostile", "bench lookup"})
 WORKER_RUNNERS = CASCADE_RUNNERS - {"scan"}   # run `dupwatch worker` processes, in-process or not
-ENCODER_USERS = CASCADE_RUNNERS | {"bench quality", "bench embedding"}
+ENCODER_USERS = CASCADE_RUNNERS | {"bench quality", "bench embedding", "model export"}
 VECTOR_INDEX_USERS = CASCADE_RUNNERS | {"bench index"}
 
 # Headings of the settings' groups in --help, and who reads a setting that does not say.
@@ -88,19 +90,21 @@ class Settings:
         0.99, "Calibrated score (measured precision) a match needs to be decisive, any stage.",
         "detection", used_by=CASCADE_RUNNERS | {"bench quality"})
     phash_size: int = _opt(
-        8, "pHash grid side: the hash has phash_size^2 bits (8 gives 64 bits).", "detection",
+        16, "pHash grid side: the hash has phash_size^2 bits (16 gives 256 bits, which keeps "
+        "distinct pages of one manual apart where 64 bits do not; the shipped calibration is "
+        "fitted for 16).", "detection",
         used_by=CASCADE_RUNNERS | {"bench quality"})
     phash_max_distance: int = _opt(
-        16, "Largest Hamming distance (bits) at which a pHash match counts as evidence at all.",
+        64, "Largest Hamming distance (bits) at which a pHash match counts as evidence at all.",
         "detection", used_by=CASCADE_RUNNERS | {"bench quality"})
     phash_near_distance: int = _opt(
-        8, "Largest Hamming distance (bits) of a match labelled near_duplicate, not variant.",
+        32, "Largest Hamming distance (bits) of a match labelled near_duplicate, not variant.",
         "detection")
     decode_draft_side: int = _opt(
         256, "Decode big JPEGs at reduced scale while the shorter side stays >= this (0: off).",
         "detection", used_by=CASCADE_RUNNERS | {"bench quality"})
     weights: str = _opt(
-        "", "Encoder weights file (empty: the bundled model/weights/encoder-v2.pt, whose SHA-256 "
+        "", "Encoder weights file (empty: the bundled model/weights/encoder-v3.pt, whose SHA-256 "
         "dupwatch knows).", "detection", used_by=ENCODER_USERS)
     weights_sha256: str = _opt(
         "", "SHA-256 (hex) that --weights must have; required with --weights: weights are code "
@@ -110,8 +114,16 @@ class Settings:
         used_by=ENCODER_USERS)
     embedding_device: str = _opt("auto", "auto (CUDA when present), cuda or cpu.", "detection",
                                  used_by=ENCODER_USERS)
+    embedding_backend: str = _opt(
+        "torch", "How the encoder runs: torch, onnx (ONNX Runtime, fp32) or onnx-int8 (int8, "
+        "faster on CPUs, slightly different descriptors); the onnx ones need `dupwatch model "
+        "export` first. README: Embedding speed.", "detection",
+        used_by=ENCODER_USERS - {"model export"})
+    export_dir: str = _opt(
+        "", "Folder of the ONNX exports, made by `dupwatch model export` (empty: "
+        "~/.cache/dupwatch/exports).", "detection", used_by=ENCODER_USERS)
     embedding_threads: int = _opt(
-        0, "CPU threads for the encoder (0: PyTorch's default, one per core).", "detection",
+        0, "CPU threads for the encoder (0: the backend's default, one per core).", "detection",
         used_by=ENCODER_USERS)
     vector_index: str = _opt(
         "flat", "Embedding index of each tenant: flat (exact; search time grows with the index: "
@@ -182,8 +194,8 @@ class Settings:
     group_id: str = _opt("dupwatch", "Consumer group and Faust app id of the workers.", "worker")
     worker_name: str = _opt(
         f"{socket.gethostname()}-{os.getpid()}", "Name written into each verdict.", "worker")
-    batch_size: int = _opt(64, "Most events the worker takes into one batch.", "worker",
-                           used_by=WORKER_RUNNERS)
+    batch_size: int = _opt(64, "Most events the worker (or scan: files) takes into one batch.",
+                           "worker", used_by=WORKER_RUNNERS | {"scan", "bench embedding"})
     batch_timeout_ms: int = _opt(
         20, "Longest wait (ms) for a batch to fill before it is processed.", "worker",
         used_by=WORKER_RUNNERS)
@@ -207,10 +219,12 @@ class Settings:
     session_timeout_s: float = _opt(
         20.0, "Consumer-group session timeout (s): how soon a dead worker is noticed.", "worker")
 
-    # -- sharding: the index split over workers (0 shards: each worker holds all of it)
+    # -- sharding: the index split over workers (one worker hosts every shard)
     shards: int = _opt(
-        0, "Index shards over Kafka (partitions of the changelog); 0 keeps every index in the "
-        "worker's memory, for a single worker.", "sharding", used_by={"worker", "bench workers"})
+        8, "Index shards: partitions of the changelog that holds a worker's index, fixed for the "
+        "index's life (the most workers that share the index). A worker hosts the shards Kafka "
+        "assigns it; a lone worker hosts all of them.", "sharding",
+        used_by={"worker", "bench workers"})
     index_topic_prefix: str = _opt(
         "dupwatch.index", "Prefix of the sharded index's topics: .changelog, .lookups, .answers.",
         "sharding")
@@ -303,6 +317,9 @@ class Settings:
                                                 else str(value))
         return env
 
+    def export_path(self) -> Path | None:
+        return Path(self.export_dir).expanduser() if self.export_dir else None
+
     def state_path(self) -> Path | None:
         return Path(self.state_dir) if self.state_dir else None
 
@@ -338,7 +355,7 @@ def _parse(f: dataclasses.Field, raw: str) -> Any:
         if kind == "list[str]":
             return [part.strip() for part in raw.split(",") if part.strip()]
     except ValueError:
-        raise SystemExit(
-            f"dupwatch: setting {f.name} expects {kind}, got {raw!r} "
+        raise UserError(
+            f"setting {f.name} expects {kind}, got {raw!r} "
             f"(from --{f.name.replace('_', '-')} or {ENV_PREFIX}{f.name.upper()})") from None
     return raw

@@ -36,6 +36,7 @@ from PIL import Image
 
 from dupwatch.bench.report import machine, write_results
 from dupwatch.detectors import jpeg
+from dupwatch.errors import UserError
 from dupwatch.schemas import ImageEvent, utc_now
 from dupwatch.settings import Settings
 from dupwatch.streams.broker import EmbeddedBroker, free_port
@@ -87,7 +88,7 @@ def _next_marker(raw: bytes, pos: int) -> int:
 def run_hostile_bench(settings: Settings, scenarios: list[str], out: str) -> int:
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
-        raise SystemExit(f"dupwatch: unknown scenarios {sorted(unknown)} "
+        raise UserError(f"unknown scenarios {sorted(unknown)} "
                          f"(choose from {', '.join(SCENARIOS)})")
     photos = [f.path.read_bytes() for f in image_files([str(samples_dir())])]
     results: dict = {"benchmark": "hostile", "machine": machine(),

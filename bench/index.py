@@ -48,10 +48,12 @@ import faiss
 import numpy as np
 
 from dupwatch.bench.report import machine, markdown_table, percentiles_ms, write_results
+from dupwatch.errors import UserError
 from dupwatch.index.vector import VectorIndex, VectorIndexOptions
 from dupwatch.model.encoder import DESCRIPTOR_DIM
 from dupwatch.settings import Settings
 from dupwatch.streams.progress import Progress, wanted
+from dupwatch.wiring import vector_options
 
 BLOCK = 1_000  # vectors drawn from one seeded generator, so any vector can be drawn again alone
 INDEXED, QUERIES, EXTRA = range(3)  # independent streams: indexed, fresh queries, single adds
@@ -68,9 +70,9 @@ HEADERS = ["vectors", "index", "RSS B/vector", "snapshot B/vector", "bulk add /s
 def run_index_bench(settings: Settings, sizes: list[int], kinds: list[str], breadths: list[int],
                     per_cluster: int, queries: int, out: str, merge: bool) -> int:
     if not Path("/proc/self/statm").exists():
-        raise SystemExit("dupwatch: bench index reads memory from /proc/self/statm and glibc: "
+        raise UserError("bench index reads memory from /proc/self/statm and glibc: "
                          "run it on Linux")
-    configured = VectorIndexOptions.from_settings(settings)
+    configured = vector_options(settings)
     options = [replace(configured, kind=kind) for kind in kinds]  # bad names fail here, at once
     rows = _earlier_rows(out) if merge else {}
     spawn = get_context("spawn")

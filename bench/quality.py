@@ -46,6 +46,7 @@ from dupwatch.model.augment import families
 from dupwatch.model.data import PHOTO_KINDS, Photo, by_source, list_photos, load_all
 from dupwatch.schemas import VerdictLabel
 from dupwatch.settings import Settings
+from dupwatch.wiring import Options
 
 SEED = 2021
 TOP_K = 10
@@ -82,22 +83,24 @@ def run_quality_bench(settings: Settings, folders: list[str], use_all: bool, out
                       write_calibration: bool) -> int:
     photos = list_photos(*map(Path, folders))
     limits = DecodeLimits(settings.max_image_pixels, settings.decode_draft_side)
-    model = EmbeddingModel.load(Path(settings.weights) if settings.weights else None,
-                                settings.embedding_resolution, settings.embedding_device,
-                                settings.embedding_threads, sha256=settings.weights_sha256 or None)
+    model = EmbeddingModel.from_options(Options.from_settings(settings).embedding)
     groups = _groups(photos, use_all)
     sizes = {name: len(members) for name, members in groups.items()}
     say(", ".join(f"{name}: {size} images" for name, size in sizes.items()))
     if use_all:
-        calibrations, evidence = load_calibrations(CALIBRATION_FILE)
+        calibrations, evidence = load_calibrations(CALIBRATION_FILE, settings.phash_size)
         stages = _stages(settings, model, calibrations)
     else:
+        # Each set keeps its decoded images (~4 GB): only its size outlives the fit.
         calibration_set = _eval_set(groups.pop("calibration"), limits, SEED + 1)
         stages, evidence = _fit(settings, model, calibration_set)
+        calibration_queries = len(calibration_set.queries)
+        del calibration_set
     if write_calibration and not use_all:
-        save_calibrations(CALIBRATION_FILE, {s.name: s.calibration for s in stages[1:]}, evidence, {
+        save_calibrations(CALIBRATION_FILE, {s.name: s.calibration for s in stages[1:]}, evidence,
+                          settings.phash_size, {
             "sources": "CALIBRATION_SOURCES (model/data.py)", "seed": SEED,
-            "queries": len(calibration_set.queries), "model_version": model.version,
+            "queries": calibration_queries, "model_version": model.version,
             "note": "fitted on source packages that neither training nor the test split uses"})
         say(f"calibration written to {CALIBRATION_FILE}")
     splits = {name: _evaluate(_eval_set(members, limits, SEED + 2), stages, evidence,
@@ -168,6 +171,7 @@ def _encode(image: Image.Image, limits: DecodeLimits) -> ImageInput:
 
 def _evaluate(evaluation: EvalSet, stages: list, evidence: Evidence, min_score: float) -> dict:
     """``stages`` calibrated, in the worker's order (sha256, phash, ..., embedding)."""
+    say(f"measuring: {len(evaluation.references)} references, {len(evaluation.queries)} queries")
     predictions = {stage.name: _predict(stage, evaluation) for stage in stages}
     phash, embedding = stages[1], stages[-1]
     methods = {
@@ -223,6 +227,7 @@ def _cascade(stages: list, predictions: dict[str, Predictions], evidence: Eviden
 
 
 def _predict(stage, evaluation: EvalSet) -> Predictions:
+    say(f"  {stage.name}")
     index = stage.new_index()
     for number, signal in enumerate(_signals(stage, evaluation.references)):
         index.add(str(number), signal)
@@ -276,6 +281,8 @@ def _stages(settings: Settings, model: EmbeddingModel,
 def _fit(settings: Settings, model: EmbeddingModel, evaluation: EvalSet) -> tuple[list, Evidence]:
     """Every stage's calibration (precision of a candidate, any of a query's top ones, as a
     function of its distance), then the combined evidence's, as the worker will use them."""
+    say(f"fitting the calibration: {len(evaluation.references)} references, "
+        f"{len(evaluation.queries)} queries")
     raw = _stages(settings, model, {name: Calibration.linear(2.0)
                                     for name in ("phash", "phash_reoriented", "embedding")})
     predictions = {stage.name: _predict(stage, evaluation) for stage in raw}

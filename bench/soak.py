@@ -44,6 +44,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from dupwatch.bench.report import machine, percentiles_ms, write_results
+from dupwatch.errors import UserError
 from dupwatch.model import augment
 from dupwatch.schemas import ImageEvent, utc_now
 from dupwatch.settings import Settings
@@ -74,7 +75,7 @@ def run_soak_bench(settings: Settings, minutes: float, rate: float | None,
                    warmup_minutes: float, images_dir: str | None, own_broker: bool,
                    out: str) -> int:
     if rate is not None and rate <= 0:
-        raise SystemExit("dupwatch: --rate must be more than 0 events/s")
+        raise UserError("--rate must be more than 0 events/s")
     traffic = Traffic(_sources(images_dir), settings)
     with _broker(settings, own_broker) as (settings, broker), \
             tempfile.TemporaryDirectory() as scratch:
@@ -125,7 +126,7 @@ def _sources(images_dir: str | None) -> list[Image.Image]:
         photo.thumbnail((SOURCE_SIDE, SOURCE_SIDE))
         sources.append(photo)
     if not sources:
-        raise SystemExit(f"dupwatch: no readable photos in {images_dir}")
+        raise UserError(f"no readable photos in {images_dir}")
     return sources
 
 
@@ -332,12 +333,12 @@ class Soak:
         with Progress(PROBE_EVENTS, "probe: worker draining", enabled=wanted()) as bar:
             while self._draining(ready_at):
                 if not self._worker_alive():
-                    raise SystemExit("dupwatch bench: the worker exited during the probe")
+                    raise UserError("bench: the worker exited during the probe")
                 time.sleep(0.1)
                 bar.advance(PROBE_EVENTS - self.ledger.outstanding - bar.done)
         first, last = self.ledger.first_received_at, self.ledger.last_received_at
         if first is None or last is None or last <= first:
-            raise SystemExit("dupwatch bench: the worker answered too few probe events to time")
+            raise UserError("bench: the worker answered too few probe events to time")
         rate = (self.ledger.answered - 1) / (last - first)
         print(f"capacity on this mix: {rate:.0f} events/s (worker draining {PROBE_EVENTS} "
               f"events); soaking at {CAPACITY_SHARE:.0%} of it", file=sys.stderr)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dupwatch.bench.report import machine, percentiles_ms, write_results
 from dupwatch.detectors import build_cascade
+from dupwatch.errors import UserError
 from dupwatch.schemas import ImageEvent, utc_now
 from dupwatch.settings import Settings
 from dupwatch.streams.broker import EmbeddedBroker, free_port
@@ -32,7 +33,7 @@ from dupwatch.streams.worker_process import WorkerProcess
 def run_throughput_bench(settings: Settings, images_dir: str | None, count: int, out: str) -> int:
     photos = [f.path.read_bytes() for f in image_files([images_dir or str(samples_dir())]).files]
     if not photos:
-        raise SystemExit(f"dupwatch: no images found in {images_dir}")
+        raise UserError(f"no images found in {images_dir}")
     payloads = [photos[i % len(photos)] for i in range(count)]
     print(f"{count} events from {len(photos)} photos", file=sys.stderr)
     in_process = _in_process(settings, payloads)
@@ -138,6 +139,6 @@ def _collect(reader: TopicReader, count: int) -> list:
     records = list(reader.records(max_records=count, idle_timeout_s=60))
     rejected = [r for r in records if "reason" in r.document]
     if len(records) < count or rejected:
-        raise SystemExit(f"dupwatch bench: got {len(records)}/{count} verdicts, "
+        raise UserError(f"bench: got {len(records)}/{count} verdicts, "
                          f"{len(rejected)} rejected")
     return records

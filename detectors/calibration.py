@@ -107,12 +107,19 @@ def _pool_adjacent_violators(values: np.ndarray) -> np.ndarray:
     return np.concatenate([np.full(int(w), m) for m, w in blocks])
 
 
-def load_calibrations(path: Path) -> tuple[dict[str, Calibration], Evidence]:
-    """Each stage's calibration and the combined evidence's, as ``save_calibrations`` wrote them."""
+def load_calibrations(path: Path, phash_size: int) -> tuple[dict[str, Calibration], Evidence]:
+    """Each stage's calibration and the combined evidence's, as ``save_calibrations`` wrote them.
+
+    The pHash stages' calibrations hold only for the hash size they were fitted with (files
+    without ``phash_size`` were fitted with 8); for another size they are left out and those
+    stages score as uncalibrated."""
     if not path.exists():
         return {}, Evidence()
     doc = json.loads(path.read_text())
-    return _calibrations(doc["stages"]), Evidence(_calibrations(doc.get("combined", {})))
+    stages = _calibrations(doc["stages"])
+    if doc.get("phash_size", 8) != phash_size:
+        stages = {name: c for name, c in stages.items() if not name.startswith("phash")}
+    return stages, Evidence(_calibrations(doc.get("combined", {})))
 
 
 def _calibrations(doc: dict[str, dict]) -> dict[str, Calibration]:
@@ -120,8 +127,9 @@ def _calibrations(doc: dict[str, dict]) -> dict[str, Calibration]:
 
 
 def save_calibrations(path: Path, calibrations: dict[str, Calibration], evidence: Evidence,
-                      source: dict) -> None:
+                      phash_size: int, source: dict) -> None:
     path.write_text(json.dumps({
         "source": source,
+        "phash_size": phash_size,
         "stages": {stage: c.to_dict() for stage, c in calibrations.items()},
         "combined": {run: c.to_dict() for run, c in evidence.after.items()}}, indent=1) + "\n")

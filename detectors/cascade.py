@@ -4,16 +4,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from dupwatch.detectors.calibration import Evidence, load_calibrations
 from dupwatch.detectors.image import DecodeLimits, ImageInput
-from dupwatch.detectors.phash import PHashStage, ReorientedPHashStage
-from dupwatch.detectors.protocol import Stage
-from dupwatch.detectors.sha256 import Sha256Stage
+from dupwatch.detectors.protocol import BatchedStage, Stage
+from dupwatch.detectors.registry import StageContext, build_stage
 from dupwatch.index import Entry, Hit, LocalStore, Lookup, Store, set_search_threads
 from dupwatch.schemas import Candidate, Flag, Rejected, Verdict, VerdictLabel, utc_now
 from dupwatch.settings import Settings
+from dupwatch.wiring import Options
 
 CALIBRATION_FILE = Path(__file__).resolve().parents[1] / "model" / "calibration.json"
 # The image id a lookup is checked under: no event has it (the schema asks for one character at
@@ -182,7 +182,7 @@ class Cascade:
             return [[stage] for stage in self.stages]
         rounds: list[list[Stage]] = []
         for stage in self.stages:
-            if not rounds or getattr(stage, "batched", False):
+            if not rounds or stage.batched:
                 rounds.append([])
             rounds[-1].append(stage)
         return rounds
@@ -226,13 +226,13 @@ class Cascade:
                     run.image.pixels  # noqa: B018  decoded once (maybe ahead), timed on its own
                     run.timings_ms["decode"] = round(run.image.decode_ms or 0.0, 3)
                 for stage in stages:
-                    if not getattr(stage, "batched", False) and _applies(stage, run.image):
+                    if not stage.batched and _applies(stage, run.image):
                         _signal(stage, run.image)
                 described.append(run)
             except Rejected as error:
                 run.result = error
         for stage in stages:
-            if getattr(stage, "batched", False):
+            if stage.batched:
                 images = [run.image for run in described if _applies(stage, run.image)]
                 start = 0
                 while start < len(images):
@@ -303,55 +303,19 @@ class Cascade:
 
 def build_cascade(settings: Settings,
                   on_embedding_batch: Callable[[int, float], None] | None = None) -> Cascade:
-    """The cascade the settings describe, with any saved indexes loaded."""
-    calibrations, evidence = load_calibrations(CALIBRATION_FILE)
-    stages: list[Stage] = []
-    model_version = None
-    for name in settings.stages:
-        if name == "sha256":
-            stages.append(Sha256Stage())
-        elif name in ("phash", "phash_reoriented"):
-            # The shipped calibration was fitted for 64-bit hashes.
-            calibration = calibrations.get(name) if settings.phash_size == 8 else None
-            kind = PHashStage if name == "phash" else ReorientedPHashStage
-            stages.append(kind(settings.phash_size, settings.phash_max_distance, calibration,
-                               settings.phash_near_distance))
-        elif name == "embedding":
-            stage = _embedding_stage(settings, calibrations, on_embedding_batch)
-            model_version = stage.model.version
-            stages.append(stage)
-        else:
-            raise SystemExit(f"dupwatch: unknown stage {name!r} in stages "
-                             "(choose from sha256, phash, phash_reoriented, embedding)")
-    limits = DecodeLimits(settings.max_image_pixels, settings.decode_draft_side,
-                          settings.decode_timeout_ms, settings.max_jpeg_scans,
-                          settings.decode_memory_mb)
-    cascade = Cascade(stages, limits,
-                      min_score=settings.min_score, search_k=settings.search_k, top_k=settings.top_k,
-                      search_threads=settings.search_threads, model_version=model_version,
-                      match_only_tenants=frozenset(settings.match_only_tenants),
-                      evidence=evidence)
-    state = settings.state_path()
-    if state is not None and isinstance(cascade.store, LocalStore):
-        cascade.store.load(state)
-    return cascade
-
-
-def _embedding_stage(settings: Settings, calibrations: dict,
-                     on_batch: Callable[[int, float], None] | None) -> Stage:
-    from dupwatch.detectors.embedding import EmbeddingModel, EmbeddingStage, WeightsError
-
-    if "embedding" not in calibrations:
-        raise SystemExit(f"dupwatch: {CALIBRATION_FILE} has no embedding calibration; "
-                         "run `dupwatch bench quality --write-calibration`")
-    try:
-        model = EmbeddingModel.load(Path(settings.weights) if settings.weights else None,
-                                    settings.embedding_resolution, settings.embedding_device,
-                                    settings.embedding_threads,
-                                    sha256=settings.weights_sha256 or None)
-    except WeightsError as error:
-        raise SystemExit(f"dupwatch: {error}") from None
-    return EmbeddingStage(model, calibrations["embedding"], on_batch)
+    """The cascade the settings describe, over an empty in-memory store (a worker gives it
+    the sharded store instead: streams/app.py)."""
+    options = Options.from_settings(settings)
+    calibrations, evidence = load_calibrations(CALIBRATION_FILE, options.phash.size)
+    context = StageContext(options, calibrations, on_embedding_batch)
+    stages = [build_stage(name, context) for name in options.cascade.stages]
+    model_version = next((stage.model.version for stage in stages  # type: ignore[attr-defined]
+                          if stage.name == "embedding"), None)
+    cascade_options = options.cascade
+    return Cascade(stages, options.decode, min_score=cascade_options.min_score,
+                   search_k=cascade_options.search_k, top_k=cascade_options.top_k,
+                   search_threads=cascade_options.search_threads, model_version=model_version,
+                   match_only_tenants=cascade_options.match_only_tenants, evidence=evidence)
 
 
 def _best_per_image(candidates: list[Candidate]) -> list[Candidate]:
@@ -398,7 +362,7 @@ def _describe_batch(stage: Stage, images: list[ImageInput]) -> None:
     if not missing:
         return
     started = time.perf_counter()
-    signals = stage.describe_batch(missing)  # type: ignore[attr-defined]
+    signals = cast(BatchedStage, stage).describe_batch(missing)
     share = _ms_since(started) / len(missing)
     for image, signal in zip(missing, signals, strict=True):
         image.signals[stage.name] = signal

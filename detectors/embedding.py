@@ -18,10 +18,14 @@ from PIL import Image
 
 from dupwatch.detectors.calibration import Calibration
 from dupwatch.detectors.image import ImageInput
+from dupwatch.detectors.registry import StageContext, stage
+from dupwatch.errors import ConfigError
 from dupwatch.index import VectorIndex
 from dupwatch.index.vector import VectorIndexOptions
-from dupwatch.model import pinned
+from dupwatch.model import backends, pinned
+from dupwatch.model.backends import EmbeddingBackend
 from dupwatch.schemas import VerdictLabel
+from dupwatch.wiring import EmbeddingOptions
 
 DEFAULT_WEIGHTS = pinned.bundled_path()
 
@@ -36,48 +40,49 @@ class WeightsMismatch(WeightsError):
 
 @dataclass(frozen=True)
 class EmbeddingModel:
-    """An encoder whose weights file has the SHA-256 the code expects, loaded once."""
-    encoder: object
+    """An encoder whose weights file has the SHA-256 the code expects, loaded once and run by
+    one of the backends (model/backends/: torch, onnx, onnx-int8)."""
+    backend: EmbeddingBackend
     resolution: int
-    device: str
     version: str
 
     @classmethod
     def load(cls, weights: Path | None = None, resolution: int = 160, device: str = "auto",
-             threads: int = 0, *, sha256: str | None = None) -> "EmbeddingModel":
+             threads: int = 0, *, sha256: str | None = None, backend: str = "torch",
+             export_dir: Path | None = None) -> "EmbeddingModel":
         """The bundled encoder (``weights`` None), or the weights file ``weights``, which must
-        have the SHA-256 ``sha256``, or be a bundled file by name (model/pinned.py)."""
-        import torch
+        have the SHA-256 ``sha256``, or be a bundled file by name (model/pinned.py). Raises
+        WeightsError, or BackendError for a backend that cannot run (no export, no runtime)."""
+        path, actual = pinned_weights(weights, sha256)
+        runner = backends.build(backend, backends.BackendOptions(path, actual, device, threads,
+                                                                 export_dir))
+        # The backend is part of the version: int8 descriptors are not the fp32 ones.
+        suffix = "" if backend == "torch" else f"+{backend}"
+        return cls(runner, resolution, f"{path.stem}+{actual[:12]}{suffix}")
 
-        from dupwatch.model.encoder import Encoder, load_exported
-
-        path = weights or DEFAULT_WEIGHTS
-        actual = _checked_digest(path, sha256)
-        if threads:
-            torch.set_num_threads(threads)
-        chosen = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        encoder = Encoder()
-        load_exported(encoder, path)
-        encoder = encoder.eval().to(chosen)
-        if chosen == "cuda":
-            encoder = encoder.half()  # half precision on GPUs: twice the throughput, same ranking
-        return cls(encoder, resolution, chosen, f"{path.stem}+{actual[:12]}")
+    @classmethod
+    def from_options(cls, options: EmbeddingOptions) -> "EmbeddingModel":
+        return cls.load(options.weights, options.resolution, options.device, options.threads,
+                        sha256=options.sha256, backend=options.backend,
+                        export_dir=options.export_dir)
 
     @property
     def dim(self) -> int:
-        return int(self.encoder.project.out_features)
+        return self.backend.dim
+
+    @property
+    def device(self) -> str:
+        return self.backend.device
 
     def embed(self, images: list[Image.Image]) -> np.ndarray:
         """One forward pass over all ``images``: (N, dim) unit vectors."""
-        import torch
+        return self.backend.embed(backends.pixels_of(images, self.resolution))
 
-        from dupwatch.model.encoder import as_batch
 
-        pixels = as_batch(images, self.resolution).to(self.device)
-        if self.device == "cuda":
-            pixels = pixels.half()
-        with torch.inference_mode():
-            return self.encoder(pixels).float().cpu().numpy()
+def pinned_weights(weights: Path | None, sha256: str | None) -> tuple[Path, str]:
+    """The weights file (None: the bundled one) and its SHA-256, once checked against the pin."""
+    path = weights or DEFAULT_WEIGHTS
+    return path, _checked_digest(path, sha256)
 
 
 def _checked_digest(path: Path, sha256: str | None) -> str:
@@ -138,6 +143,12 @@ def _longest_run(mask: np.ndarray) -> tuple[int, int] | None:
     return best
 
 
+def per_image(vectors: np.ndarray, views: list[list]) -> list[np.ndarray]:
+    """The rows of ``vectors`` (of all views, in order) split into each image's."""
+    bounds = np.cumsum([0] + [len(v) for v in views])
+    return [vectors[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 class EmbeddingStage:
     name = "embedding"
     label = VerdictLabel.VARIANT
@@ -159,13 +170,17 @@ class EmbeddingStage:
     def describe_batch(self, images: list[ImageInput]) -> list[np.ndarray]:
         """All views of all images in one forward pass; (views, dim) per image."""
         started = time.perf_counter()
-        views = [[image.pixels] + [v for v in [content_region(image.pixels)] if v is not None]
-                 for image in images]
+        views = self.views(images)
         vectors = self.model.embed([view for image_views in views for view in image_views])
         if self._on_batch is not None:
             self._on_batch(len(images), time.perf_counter() - started)
-        bounds = np.cumsum([0] + [len(v) for v in views])
-        return [vectors[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        return per_image(vectors, views)
+
+    @staticmethod
+    def views(images: list[ImageInput]) -> list[list[Image.Image]]:
+        """Each image's views: the whole picture, then its content region if it has one."""
+        return [[image.pixels] + [v for v in [content_region(image.pixels)] if v is not None]
+                for image in images]
 
     def new_index(self) -> VectorIndex:
         return VectorIndex(self.dim, self.index_options)
@@ -178,3 +193,17 @@ class EmbeddingStage:
 
     def recognises(self, distance: float) -> bool:
         return True
+
+
+@stage("embedding")
+def _build(context: StageContext) -> EmbeddingStage:
+    if "embedding" not in context.calibrations:
+        raise ConfigError("the shipped calibration has no embedding calibration; run "
+                          "`dupwatch bench quality --write-calibration`")
+    options = context.options.embedding
+    try:
+        model = EmbeddingModel.from_options(options)
+    except (WeightsError, backends.BackendError) as error:
+        raise ConfigError(str(error)) from None
+    return EmbeddingStage(model, context.calibrations["embedding"], context.on_batch,
+                          context.options.vector)

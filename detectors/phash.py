@@ -1,14 +1,16 @@
 """Stage 2: perceptual hash (DCT pHash, imagehash) searched by Hamming distance.
 
-Catches re-encodes, resizes, brightness/contrast edits and small crops. A ``size`` of 8 gives
-64-bit hashes. Scores are calibrated (see calibration.py) and are 0 beyond ``max_distance``
-bits, a cap against trusting look-alike photos. A match within ``near_distance`` bits is a
-near duplicate (re-encodes, resizes, 15 % brightness changes and 2 % crops of the bundled
-samples land at 0-8 bits); further matches the cascade accepts are variants.
+Catches re-encodes, resizes, brightness/contrast edits and small crops. The default ``size``
+of 16 gives 256-bit hashes: at 64 bits, distinct pages of one manual sit as close as a page and
+its JPEG copy (on the calibration sources the nearest distinct document page was as near as
+6 of 64 bits, at 256 bits no nearer than 40, with copies within 18; `dupwatch bench quality`
+figures in model/MODEL_CARD.md). Scores are calibrated (see calibration.py) and are 0 beyond
+``max_distance`` bits, a cap against trusting look-alikes. A match within ``near_distance``
+bits is a near duplicate; further matches the cascade accepts are variants.
 
 Stage 2b, :class:`ReorientedPHashStage`: the same hash of the image turned by quarter turns
 and mirrored, against the indexed upright hashes. A pHash is not invariant to those, and the
-learned embedding is weakest on quarter turns; eight 32x32 DCTs cost well under a millisecond.
+learned embedding is weakest on quarter turns; eight 64x64 DCTs cost about 7 ms on 2 busy cores (0.85 ms each, 0.13 ms at 32x32), a fraction of the embedding.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from PIL import Image
 
 from dupwatch.detectors.calibration import Calibration
 from dupwatch.detectors.image import ImageInput
+from dupwatch.detectors.registry import StageContext, stage
 from dupwatch.index import BinaryIndex
 from dupwatch.schemas import VerdictLabel
 
@@ -28,9 +31,10 @@ class PHashStage:
     name = "phash"
     label = VerdictLabel.NEAR_DUPLICATE
     needs_pixels = True
+    batched = False
 
-    def __init__(self, size: int = 8, max_distance: int = 16,
-                 calibration: Calibration | None = None, near_distance: int = 8) -> None:
+    def __init__(self, size: int = 16, max_distance: int = 64,
+                 calibration: Calibration | None = None, near_distance: int = 32) -> None:
         if size < 4 or (size * size) % 8:
             raise ValueError(f"phash size must be >= 4 with size^2 a multiple of 8, got {size}")
         self.size = size
@@ -88,3 +92,19 @@ def _small_grey(image: ImageInput, size: int) -> Image.Image:
 
 def _hash(picture: Image.Image, size: int) -> bytes:
     return np.packbits(imagehash.phash(picture, hash_size=size).hash.ravel()).tobytes()
+
+
+@stage("phash")
+def _build_phash(context: StageContext) -> PHashStage:
+    return _build(PHashStage, context)
+
+
+@stage("phash_reoriented")
+def _build_reoriented(context: StageContext) -> ReorientedPHashStage:
+    return _build(ReorientedPHashStage, context)
+
+
+def _build(kind: type[PHashStage], context: StageContext) -> PHashStage:
+    options = context.options.phash
+    calibration = context.calibrations.get(kind.name)  # None: fitted for another hash size
+    return kind(options.size, options.max_distance, calibration, options.near_distance)

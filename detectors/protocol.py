@@ -15,6 +15,9 @@ class Stage(Protocol):
     name: str
     label: VerdictLabel        # the verdict this stage gives when it is decisive
     needs_pixels: bool         # False: works on the raw bytes, so no decode is needed
+    # True: describes a whole batch in one call (describe_batch, see BatchedStage), and so
+    # starts a new lookup round when lookups are round trips (its cost is worth an early stop)
+    batched: bool
 
     def describe(self, image: ImageInput) -> Any:
         """The image's signal for this stage (a digest, a hash, an embedding)."""
@@ -28,3 +31,10 @@ class Stage(Protocol):
 
     def recognises(self, distance: float) -> bool:
         """Whether a match this close is this stage's kind of copy (decides the label)."""
+
+
+class BatchedStage(Stage, Protocol):
+    """A stage with ``batched = True``: one call for many images (a model's forward pass)."""
+
+    def describe_batch(self, images: list[ImageInput]) -> list[Any]:
+        """Each image's signal, in order."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dupwatch.detectors.image import ImageInput
+from dupwatch.detectors.registry import StageContext, stage
 from dupwatch.index import ExactIndex
 from dupwatch.schemas import VerdictLabel
 
@@ -12,6 +13,7 @@ class Sha256Stage:
     name = "sha256"
     label = VerdictLabel.EXACT_DUPLICATE
     needs_pixels = False
+    batched = False
 
     def describe(self, image: ImageInput) -> bytes:
         return image.digest
@@ -27,3 +29,8 @@ class Sha256Stage:
 
     def recognises(self, distance: float) -> bool:
         return distance == 0
+
+
+@stage("sha256")
+def _build(context: StageContext) -> Sha256Stage:
+    return Sha256Stage()

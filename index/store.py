@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from dupwatch.index.protocol import Hit, Index
+from dupwatch.index.snapshot import SnapshotError, read_snapshot, write_snapshot
 from dupwatch.index.tenants import TenantIndexes
+from dupwatch.index.vector import VectorIndex
 
 _RECORDS_FILE = "records.json"
 
@@ -114,20 +116,40 @@ class LocalStore:
         return {stage: {tenant: len(index) for tenant, index in indexes.tenants()}
                 for stage, indexes in self.indexes.items()}
 
-    def save(self, path: Path) -> None:
-        for stage, indexes in self.indexes.items():
-            indexes.save(path / stage)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / _RECORDS_FILE).write_text(json.dumps(self._records))
+    def structures(self) -> dict[str, str]:
+        """The structure each tenant's vector index serves (flat until a compressed kind has
+        trained: index/vector.py)."""
+        return {tenant: index.structure for indexes in self.indexes.values()
+                for tenant, index in indexes.tenants() if isinstance(index, VectorIndex)}
 
-    def load(self, path: Path) -> None:
-        """Replace what is held with the snapshot under ``path``, if there is one."""
+    def save(self, path: Path, meta: dict | None = None) -> None:
+        """A crash-safe, validated snapshot in the directory ``path`` (see index/snapshot.py),
+        with ``meta`` (e.g. how far into a changelog it is) in its manifest."""
+        write_snapshot(path, self._write_files, meta)
+
+    def _write_files(self, folder: Path) -> None:
         for stage, indexes in self.indexes.items():
-            indexes.load(path / stage)
-        records_file = path / _RECORDS_FILE
-        if records_file.is_file():
-            self._records = {tenant: {key: (record, order) for key, (record, order) in keys.items()}
-                             for tenant, keys in json.loads(records_file.read_text()).items()}
+            indexes.save(folder / stage)
+        (folder / _RECORDS_FILE).write_text(json.dumps(self._records))
+
+    def load(self, path: Path) -> dict | None:
+        """Replace what is held with the snapshot under ``path`` and return its metadata; None
+        (and nothing changed) if there is none. Raises SnapshotError, and changes nothing, for a
+        snapshot that is damaged or cannot be loaded: never a partial index."""
+        meta = read_snapshot(path)
+        if meta is None:
+            return None
+        loaded = self.empty_copy()
+        try:
+            for stage, indexes in loaded.indexes.items():
+                indexes.load(path / stage)
+            records = json.loads((path / _RECORDS_FILE).read_text())
+        except Exception as exc:  # checksums matched, yet the files do not load: refuse them
+            raise SnapshotError(path, f"cannot be loaded ({exc!r})") from exc
+        self.indexes = loaded.indexes
+        self._records = {tenant: {key: (record, order) for key, (record, order) in keys.items()}
+                         for tenant, keys in records.items()}
+        return meta
 
     def empty_copy(self) -> "LocalStore":
         """A new, empty store with the same stages (a shard, or a batch's own overlay)."""

@@ -41,16 +41,13 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Self
+from typing import Any, Iterable, Self
 
 import faiss
 import numpy as np
 
 from dupwatch.index.files import load_faiss, save_faiss
 from dupwatch.index.protocol import Hit
-
-if TYPE_CHECKING:
-    from dupwatch.settings import Settings
 
 _NAME = "vector"
 KINDS = ("flat", "hnsw-sq8", "ivf-sq8")
@@ -80,11 +77,6 @@ class VectorIndexOptions:
         if self.train_after < VECTORS_PER_LIST or self.nprobe < 1 or self.ef_search < 1:
             raise ValueError(f"train_after must be >= {VECTORS_PER_LIST}, nprobe and ef_search "
                              f">= 1; got {self.train_after}, {self.nprobe} and {self.ef_search}")
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> VectorIndexOptions:
-        return cls(settings.vector_index, settings.vector_train_after, settings.vector_nprobe,
-                   settings.vector_ef_search)
 
     @property
     def lists(self) -> int:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 # File name in model/weights/ -> its SHA-256.
 BUNDLED_WEIGHTS = {
-    "encoder-v2.pt": "ec917d8329383d141ca5a766ce1099c79987fff73f39c5d56851d8645a2a74a4",
+    "encoder-v3.pt": "685b9240779be779cf7202be6dd10b151752d7e4f4a6b689fa7b2ddb54f86110",
 }
-DEFAULT = "encoder-v2.pt"
+DEFAULT = "encoder-v3.pt"
 
 
 def bundled_path(name: str = DEFAULT) -> Path:

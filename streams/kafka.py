@@ -11,6 +11,7 @@ import faust
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from dupwatch.errors import UserError
 from dupwatch.settings import Settings
 
 # Room for the JSON envelope and base64 (4/3) around the largest accepted image.
@@ -96,7 +97,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0,
             future.result(timeout=timeout_s)
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):  # another worker won the race: fine
-                raise SystemExit(f"dupwatch: cannot create topic {name}: {exc}") from None
+                raise UserError(f"cannot create topic {name}: {exc}") from None
 
 
 def _topics(settings: Settings) -> list[NewTopic]:

@@ -55,6 +55,14 @@ CONSUMER_LAG = Gauge(
     ["topic", "partition"])
 CONTROL_COMMANDS = Counter(
     "dupwatch_control_commands", "Control commands applied (remove, bank_add).", ["action"])
+INDEX_STRUCTURE = Gauge(
+    "dupwatch_index_structure_info",
+    "The structure each tenant's vector index serves in each hosted shard (always 1): flat, or "
+    "hnsw-sq8 / ivf-sq8 once trained (--vector-index, --vector-train-after).",
+    ["shard", "tenant", "structure"])
+LAST_SNAPSHOT = Gauge(
+    "dupwatch_index_last_snapshot_timestamp_seconds",
+    "When each hosted shard was last snapshotted into state_dir (Unix time).", ["shard"])
 MODEL = Gauge("dupwatch_model_info", "The embedding model the worker has loaded (always 1).",
               ["version"])
 LOOKUPS = Counter(
@@ -67,10 +75,6 @@ LOOKUP_SECONDS = Histogram(
     "answered lookups (status 200) only.", buckets=_STAGE_BUCKETS)
 LOOKUPS_IN_FLIGHT = Gauge(
     "dupwatch_lookups_in_flight", "Lookups taken and not yet answered (at most lookup_queue).")
-
-# The shard label of a worker that holds the whole index itself (shards = 0).
-WHOLE_INDEX = "all"
-
 
 def observe_outcomes(outcomes: Iterable[Verdict | DeadLetter], now: float) -> None:
     """Count published verdicts and dead letters; ``now`` is when the broker acknowledged them."""
@@ -118,6 +122,18 @@ def set_index_sizes(by_shard: Mapping[str, Mapping[str, Mapping[str, int]]]) -> 
         for stage, tenants in sizes.items():
             for tenant, count in tenants.items():
                 INDEX_ENTRIES.labels(stage, tenant, shard).set(count)
+
+
+def set_index_structures(by_shard: Mapping[str, Mapping[str, str]],
+                         snapshotted_at: Mapping[str, float]) -> None:
+    """Each hosted shard's vector structures per tenant and its last snapshot's time."""
+    INDEX_STRUCTURE.clear()
+    for shard, structures in by_shard.items():
+        for tenant, structure in structures.items():
+            INDEX_STRUCTURE.labels(shard, tenant, structure).set(1)
+    LAST_SNAPSHOT.clear()
+    for shard, at in snapshotted_at.items():
+        LAST_SNAPSHOT.labels(shard).set(at)
 
 
 def count_control(action: str) -> None:

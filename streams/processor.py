@@ -79,7 +79,10 @@ class Processor:
 
     def handle_batch(self, records: list[InputRecord]) -> list[Verdict | DeadLetter]:
         """Outcomes for ``records``, in order, waiting for every one to be ready."""
-        pending = self.intake(records)
+        return self.settle(self.intake(records))
+
+    def settle(self, pending: list[Pending]) -> list[Verdict | DeadLetter]:
+        """Outcomes for records taken in by :meth:`intake`, waiting for every one to be ready."""
         for item in pending:
             if item.preparing is not None:
                 item.preparing.exception()  # waits; the outcome is read in finish()

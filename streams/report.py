@@ -23,6 +23,7 @@ from typing import Any, Iterable, Iterator
 from confluent_kafka import KafkaException
 
 from dupwatch.detectors.image import DecodeLimits, decode
+from dupwatch.errors import UserError
 from dupwatch.schemas import Rejected
 from dupwatch.settings import Settings
 from dupwatch.streams.follow import MissingTopic, TopicReader
@@ -72,7 +73,7 @@ def read_jsonl(path: Path) -> Verdicts:
             try:
                 verdicts.add(json.loads(line))
             except json.JSONDecodeError as exc:
-                raise SystemExit(f"dupwatch: {path}:{number}: not a JSON line ({exc.msg}); "
+                raise UserError(f"{path}:{number}: not a JSON line ({exc.msg}); "
                                  "expected the output of `dupwatch scan` or "
                                  "`dupwatch verdicts --format jsonl`") from None
     return verdicts
@@ -83,10 +84,10 @@ def read_topic(settings: Settings, topic: str, idle_timeout_s: float,
     try:
         reader = TopicReader(settings, [topic], from_beginning=True)
     except MissingTopic:
-        raise SystemExit(f"dupwatch: {topic}: no such file, and no such topic on "
+        raise UserError(f"{topic}: no such file, and no such topic on "
                          f"{settings.bootstrap_servers}") from None
     except KafkaException as exc:
-        raise SystemExit(f"dupwatch: cannot read topic {topic} from "
+        raise UserError(f"cannot read topic {topic} from "
                          f"{settings.bootstrap_servers}: {exc}") from None
     verdicts = Verdicts()
     with reader:
@@ -186,7 +187,7 @@ def load_verdicts(settings: Settings, source: str, idle_timeout_s: float,
     if path.is_file():
         return read_jsonl(path)
     if path.suffix in (".json", ".jsonl", ".txt") or "/" in source:
-        raise SystemExit(f"dupwatch: {source}: no such file (a topic name has no '/' or suffix)")
+        raise UserError(f"{source}: no such file (a topic name has no '/' or suffix)")
     require_broker(settings)
     print(f"reading {source} from {settings.bootstrap_servers} until {idle_timeout_s:g}s pass "
           "without a new verdict", file=sys.stderr)

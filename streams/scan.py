@@ -17,7 +17,7 @@ from PIL import Image
 from dupwatch.detectors import build_cascade
 from dupwatch.schemas import DeadLetter, ImageEvent, Reason, Rejected, Verdict, utc_now
 from dupwatch.settings import Settings
-from dupwatch.streams.processor import InputRecord, Processor
+from dupwatch.streams.processor import InputRecord, Pending, Processor
 from dupwatch.streams.progress import Progress, wanted
 from dupwatch.streams.render import TablePrinter, print_jsonl
 from dupwatch.streams.report import Verdicts, duplicate_groups
@@ -70,17 +70,52 @@ def in_order(files: list[ImageFile], preference: str) -> list[ImageFile]:
     return sorted(files, key=lambda file: key(FileFacts.of(file.path)))
 
 
-def scan(settings: Settings, files: list[ImageFile],
-         tenant: str) -> Iterator[tuple[ImageFile, Outcome]]:
-    processor = Processor(settings.replace(worker_name="scan"), build_cascade(settings))
+def scan(settings: Settings, files: list[ImageFile], tenant: str,
+         processor: Processor | None = None) -> Iterator[tuple[ImageFile, Outcome]]:
+    """Outcomes in file order, checked as a worker checks them: ``batch_size`` files at a time,
+    each against every file before it. The next batch decodes in the decode processes while
+    this one goes through the cascade, so decoding and the forward pass keep both cores busy.
+    ``processor``: one already started (None: one for ``settings``)."""
+    processor = processor or scan_processor(settings)
+    size = max(1, settings.batch_size)
+    batches = [files[start:start + size] for start in range(0, len(files), size)]
+    ahead = _taken_in(processor, batches[0], tenant, settings) if batches else None
+    for number in range(len(batches)):
+        current = ahead
+        ahead = (_taken_in(processor, batches[number + 1], tenant, settings)
+                 if number + 1 < len(batches) else None)
+        yield from _settled(processor, *current)  # type: ignore[misc]
+
+
+def scan_processor(settings: Settings) -> Processor:
+    return Processor(settings.replace(worker_name="scan"), build_cascade(settings))
+
+
+_Slots = list[tuple[ImageFile, DeadLetter | None]]   # a file and its outcome if known already
+
+
+def _taken_in(processor: Processor, files: list[ImageFile], tenant: str,
+              settings: Settings) -> tuple[_Slots, list[Pending]]:
+    """Read and parse a batch and start decoding it; returns without waiting for the decodes."""
+    slots: _Slots = []
+    records = []
     for file in files:
         data = file.path.read_bytes()
         if not data:  # an event cannot carry it; say which file, as a worker would for bytes
-            yield file, _empty(file, tenant, settings)
+            slots.append((file, _empty(file, tenant, settings)))
             continue
         event = ImageEvent(image_id=file.image_id, tenant=tenant, data=data,
                            content_type=file.content_type, submitted_at=utc_now())
-        yield file, processor.handle(InputRecord(value=event.to_json(), key=event.key))
+        records.append(InputRecord(value=event.to_json(), key=event.key))
+        slots.append((file, None))
+    return slots, processor.intake(records)
+
+
+def _settled(processor: Processor, slots: _Slots,
+             pending: list[Pending]) -> Iterator[tuple[ImageFile, Outcome]]:
+    outcomes = iter(processor.settle(pending))
+    for file, known in slots:
+        yield file, known if known is not None else next(outcomes)
 
 
 def _empty(file: ImageFile, tenant: str, settings: Settings) -> DeadLetter:

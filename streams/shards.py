@@ -13,14 +13,21 @@ it is given is rebuilt from the latest local snapshot plus the changelog's tail,
 partition stays paused until then: a shard that has not caught up answers nothing, and the
 asking worker waits (and re-asks) rather than miss. Before answering, a shard applies the
 changelog up to its current end, so every update acknowledged before a lookup is seen by it.
-:class:`ShardClient` is the cascade's :class:`~dupwatch.index.Store` over those topics.
+:class:`ShardClient` is the cascade's :class:`~dupwatch.index.Store` over those topics; it
+answers lookups for the shards its own worker hosts in-process (no broker round trip), so a
+lone worker hosting every shard is as fast as an index in its own memory.
+
+Crash-only: if the server's thread dies, ``failure`` is set, ``/healthz`` fails, lookups raise
+:class:`~dupwatch.errors.WorkerFailed` and the process is asked to stop (SIGTERM to itself),
+so it exits non-zero and the orchestrator restarts it. A damaged shard snapshot is logged and
+the shard rebuilt from the changelog alone (index/snapshot.py).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import shutil
+import signal
 import threading
 import time
 import uuid
@@ -30,7 +37,9 @@ from typing import Callable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 
+from dupwatch.errors import ConfigError, StateError, WorkerFailed
 from dupwatch.index import Entry, Found, LocalStore, Lookup, set_search_threads
+from dupwatch.index.snapshot import SnapshotError
 from dupwatch.index.codec import (
     decode_entry, decode_found, decode_lookups, dumps, encode_entry, encode_found, encode_lookups,
     entry_key, shard_of, split_key,
@@ -42,7 +51,6 @@ from dupwatch.streams.kafka import (
 
 log = logging.getLogger(__name__)
 
-_OFFSET_FILE = "changelog-offset.json"
 _SIZES_EVERY_S = 5.0
 # Kafka may drop a tombstone delete.retention.ms after compaction: a snapshot older than that
 # could miss a takedown, so such snapshots are not used (the changelog alone rebuilds the shard).
@@ -93,6 +101,11 @@ class ShardServer:
         self._answers = Producer(confluent_config(settings, **{
             "linger.ms": 1, "message.max.bytes": max_message_bytes(settings) * 4}))
         self._stop_requested_at: float | None = None  # set from the caller's thread by stop()
+        # Held by this thread while it changes the shards (changelog, assignment, snapshots)
+        # and by the cascade's thread while it answers from them in-process; notified after
+        # each pass over the changelog.
+        self._applied = threading.Condition(threading.RLock())
+        self.failure: BaseException | None = None
         # From subscribing, and from each revoke, until the assignment that ends the rebalance.
         self._rebalancing = True
         self._thread = threading.Thread(target=self._run, name="dupwatch-shards", daemon=True)
@@ -100,6 +113,8 @@ class ShardServer:
         # Entries per stage and tenant in each hosted shard, for the metrics (refreshed here,
         # read from the web thread).
         self.sizes: dict[int, dict[str, dict[str, int]]] = {}
+        self.structures: dict[int, dict[str, str]] = {}
+        self.snapshotted_at: dict[int, float] = {}  # Unix time of each shard's last snapshot
 
     def start(self) -> "ShardServer":
         self._lookups.subscribe([self.topics.lookups], on_assign=self._on_assign,
@@ -132,21 +147,74 @@ class ShardServer:
         set_search_threads(self.settings.search_threads)
         try:
             while not self._may_leave():
-                self._apply_changelog(timeout_s=0.0)
+                with self._applied:
+                    self._apply_changelog(timeout_s=0.0)
+                    self._applied.notify_all()
                 requests = [m for m in _drain(self._lookups, 0.005, 256) if not m.error()]
-                if requests:
-                    self._answer(requests)
-                self._tick()
-        except Exception:
-            log.exception("the shard server failed; this worker stops answering lookups")
-            raise
+                with self._applied:
+                    if requests:
+                        self._answer(requests)
+                    self._tick()
+        except BaseException as exc:
+            self.failure = exc
+            log.critical("the shard server failed; this worker stops (exit status %d) so that "
+                         "it is restarted", WorkerFailed.exit_status, exc_info=True)
+            with self._applied:
+                self._applied.notify_all()  # a lookup waiting on a shard gives up now
+            os.kill(os.getpid(), signal.SIGTERM)  # the worker's orderly stop, then exit 70
+            return
         finally:
-            for shard in self._kept_from_revoke.values():
-                self._snapshot(shard)
-            self._snapshot_all()
+            with self._applied:
+                for shard in self._kept_from_revoke.values():
+                    self._snapshot(shard)
+                self._snapshot_all()
             self._lookups.close()
             self._changelog.close()
             self._answers.flush(10)
+
+    def check_alive(self) -> None:
+        """Raise WorkerFailed if the server's thread has died."""
+        if self.failure is not None:
+            raise WorkerFailed(f"the shard server failed ({self.failure!r})")
+
+    # -- in-process lookups, from the cascade's thread
+
+    def answer_here(self, queries: list[Lookup], k: int, wanted: set[int],
+                    written: dict[int, int], merged: list[Found], wait_s: float) -> set[int]:
+        """Answer ``queries`` from the shards in ``wanted`` this worker hosts and serves, each
+        once it has applied the changelog up to ``written`` (this worker's own writes) and the
+        end last heard from the broker; fold the answers into ``merged`` and return the shards
+        that answered (the rest are asked over the broker)."""
+        deadline = time.monotonic() + wait_s
+        with self._applied:
+            while True:
+                self.check_alive()
+                here = {n: shard for n, shard in self._shards.items()
+                        if n in wanted and shard.answering and not self._rebalancing}
+                behind = [shard for shard in here.values()
+                          if shard.next_offset < self._target(shard, written)]
+                left = deadline - time.monotonic()
+                if not behind or left <= 0:
+                    break
+                self._applied.wait(timeout=left)
+            answered = set()
+            for number, shard in here.items():
+                if shard in behind:
+                    continue
+                for total, found in zip(merged, shard.store.lookup(queries, k), strict=True):
+                    total.merge(found, k)
+                answered.add(number)
+            return answered
+
+    def _target(self, shard: _Shard, written: dict[int, int]) -> int:
+        end = self._changelog.get_watermark_offsets(
+            TopicPartition(self.topics.changelog, shard.number), cached=True)
+        return max(written.get(shard.number, 0), end[1] if end and end[1] >= 0 else 0)
+
+    def hosts_all(self, shards: int) -> bool:
+        """Whether this worker serves every one of ``shards`` shards right now."""
+        return (not self._rebalancing and len(self._shards) == shards
+                and all(shard.answering for shard in list(self._shards.values())))
 
     def _may_leave(self) -> bool:
         """After stop(), keep serving for one heartbeat (to hear of any rebalance under way)
@@ -163,6 +231,10 @@ class ShardServer:
     # -- assignment: rebuild before answering, snapshot on the way out
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        with self._applied:
+            self._assign(consumer, partitions)
+
+    def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Lookups sent while a shard rebuilds are answered once it has caught up: start each
         # partition at its end as it is now, not wherever "latest" is when it resumes.
         for tp in partitions:
@@ -179,6 +251,10 @@ class ShardServer:
         log.warning("hosting shards %s", self.hosted())
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        with self._applied:
+            self._revoke(partitions)
+
+    def _revoke(self, partitions: list[TopicPartition]) -> None:
         """Shards are kept in memory until the next assignment: a rebalance usually hands
         most of them straight back, and those then only catch up instead of rebuilding."""
         self._rebalancing = True
@@ -201,11 +277,15 @@ class ShardServer:
     def _recover(self, number: int) -> _Shard:
         store, next_offset = self._new_store(), OFFSET_BEGINNING
         snapshot = self._snapshot_dir(number)
-        if snapshot is not None and (snapshot / _OFFSET_FILE).is_file():
-            saved = json.loads((snapshot / _OFFSET_FILE).read_text())
-            if time.time() - saved["saved_at"] < _SNAPSHOT_MAX_AGE_S:
-                store.load(snapshot)
-                next_offset = saved["next_offset"]
+        try:
+            saved = store.load(snapshot) if snapshot is not None else None
+        except SnapshotError as exc:  # never served partially: the changelog alone rebuilds it
+            log.error("%s; rebuilding shard %d from the changelog alone", exc, number)
+            saved = None
+        if saved is not None and time.time() - saved["saved_at"] < _SNAPSHOT_MAX_AGE_S:
+            next_offset = saved["next_offset"]
+        elif saved is not None:
+            store = self._new_store()  # it could miss takedowns compacted away since
         low, high = self._changelog.get_watermark_offsets(
             TopicPartition(self.topics.changelog, number), timeout=30, cached=False)
         start = low if next_offset == OFFSET_BEGINNING else max(next_offset, low)
@@ -286,6 +366,7 @@ class ShardServer:
         if now - self._last_sizes >= _SIZES_EVERY_S:
             self._last_sizes = now
             self.sizes = {n: shard.store.size() for n, shard in self._shards.items()}
+            self.structures = {n: shard.store.structures() for n, shard in self._shards.items()}
         interval = self.settings.snapshot_interval_s
         if interval > 0 and now - self._last_snapshot >= interval:
             self._snapshot_all()
@@ -296,21 +377,16 @@ class ShardServer:
             self._snapshot(shard)
 
     def _snapshot(self, shard: _Shard) -> None:
-        """Written beside, then swapped in: a crash mid-write leaves the previous snapshot."""
+        """Crash-safe (index/snapshot.py): a crash or full disk leaves the previous one."""
         target = self._snapshot_dir(shard.number)
         if target is None or not shard.ready:
             return
-        partial = target.with_name(f"{target.name}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        shard.store.save(partial)
-        (partial / _OFFSET_FILE).write_text(json.dumps(
-            {"next_offset": shard.next_offset, "saved_at": time.time()}))
-        old = target.with_name(f"{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            os.rename(target, old)
-        os.rename(partial, target)
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            shard.store.save(target, {"next_offset": shard.next_offset, "saved_at": time.time()})
+        except OSError as exc:  # the changelog still holds everything: log it, go on serving
+            log.error("could not snapshot shard %d into %s: %s", shard.number, target, exc)
+            return
+        self.snapshotted_at[shard.number] = time.time()
 
 
 def _drain(consumer: Consumer, timeout_s: float, limit: int) -> list[Message]:
@@ -334,16 +410,22 @@ def _tenant_and_ids(key: bytes) -> tuple[str, list[str]]:
     return tenant, [image_id]
 
 
+class StoreClosing(BaseException):
+    """A lookup cut short because the worker is stopping: the batch's events are not
+    acknowledged, so another worker (or this one, restarted) processes them."""
+
+
 class ShardClient:
-    """The cascade's store when the index is sharded: lookups fan out to every shard and are
-    merged; updates are changelog records. Used from one thread (the cascade's)."""
+    """The cascade's store over the shards: lookups go to every shard, in-process for those
+    this worker hosts (``local``) and over the broker for the rest, and are merged; updates are
+    changelog records. Used from one thread (the cascade's)."""
 
-    round_trip = True
-
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, local: ShardServer | None = None) -> None:
         self.settings = settings
         self.topics = ShardTopics.of(settings)
         self.shards = settings.shards
+        self._local = local
+        self.closing = False  # set from the stopping thread: lookups give up
         self._written: dict[int, int] = {}  # changelog partition -> offset after our last write
         self._producer = Producer(confluent_config(settings, **{
             "linger.ms": 1, "message.max.bytes": max_message_bytes(settings) * 4,
@@ -358,16 +440,29 @@ class ShardClient:
         tp.offset = self._answers.get_watermark_offsets(tp, timeout=30, cached=False)[1]
         self._answers.assign([tp])
 
+    @property
+    def round_trip(self) -> bool:
+        """Whether a lookup goes over the broker (some shard is hosted elsewhere)."""
+        return self._local is None or not self._local.hosts_all(self.shards)
+
     def lookup(self, queries: list[Lookup], k: int) -> list[Found]:
         if not queries:
             return []
-        request_id = uuid.uuid4().hex
-        request = dumps({"id": request_id, "reply_partition": self._reply_partition, "k": k,
-                         "after": {str(n): offset for n, offset in self._written.items()},
-                         "queries": encode_lookups(queries)})
         merged = [Found() for _ in queries]
         waiting = set(range(self.shards))
+        request_id, request = uuid.uuid4().hex, b""
         while waiting:
+            if self.closing:
+                raise StoreClosing("the worker is stopping")
+            if self._local is not None:
+                waiting -= self._local.answer_here(queries, k, waiting, self._written, merged,
+                                                   self.settings.lookup_retry_s)
+            if not waiting:
+                break
+            request = request or dumps({
+                "id": request_id, "reply_partition": self._reply_partition, "k": k,
+                "after": {str(n): offset for n, offset in self._written.items()},
+                "queries": encode_lookups(queries)})
             for shard in waiting:
                 self._producer.produce(self.topics.lookups, value=request, partition=shard)
             self._producer.poll(0)
@@ -381,7 +476,7 @@ class ShardClient:
         """Answers to this request until every shard in ``waiting`` has answered or time is up."""
         answered: set[int] = set()
         deadline = time.monotonic() + self.settings.lookup_retry_s
-        while answered != waiting and time.monotonic() < deadline:
+        while answered != waiting and time.monotonic() < deadline and not self.closing:
             for message in _drain(self._answers, 0.05, 64):
                 if message.error():
                     continue
@@ -426,3 +521,32 @@ class ShardClient:
     def close(self) -> None:
         self._flush()
         self._answers.close()
+
+
+def check_shard_count(settings: Settings) -> None:
+    """The shard count is fixed for the index's life (an image's shard is a hash modulo it):
+    refuse a worker whose --shards differs from the changelog's partitions."""
+    topic = ShardTopics.of(settings).changelog
+    consumer = Consumer(confluent_config(settings, **{"group.id": f"{settings.group_id}.check"}))
+    try:
+        partitions = len(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
+    finally:
+        consumer.close()
+    if partitions != settings.shards:
+        raise ConfigError(
+            f"the index's changelog {topic} has {partitions} shards (partitions) and this worker "
+            f"was given --shards {settings.shards}: the count is fixed for the index's life. "
+            f"Start it with --shards {partitions}, or use a new --index-topic-prefix for a new, "
+            "empty index")
+
+
+def refuse_in_memory_snapshot(state_dir: Path) -> None:
+    """A state_dir written by the in-memory store of dupwatch before the sharded store (its
+    records.json at the top) cannot be served by the shards: say what to do, start nothing."""
+    old = state_dir / "records.json"
+    if old.is_file():
+        raise StateError(
+            f"{old} is an index snapshot of dupwatch's old in-memory store, which workers no "
+            "longer keep (their index is the changelog-backed shards). Its images are not in "
+            "the changelog: re-publish them (dupwatch publish) to this worker, then move "
+            f"{state_dir}'s old files aside (README: Migrating from the in-memory store)")

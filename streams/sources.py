@@ -34,6 +34,7 @@ from typing import Callable
 from urllib.parse import unquote_to_bytes, urljoin, urlsplit, urlunsplit
 
 from dupwatch.detectors.watchdog import Overdue, Watchdog
+from dupwatch.errors import UserError
 from dupwatch.schemas import Reason, Rejected
 from dupwatch.schemas.records import redact_urls
 from dupwatch.settings import Settings
@@ -81,7 +82,7 @@ def image_files(paths: list[str]) -> FileSelection:
         elif root.is_file():
             found.append(root)  # named on purpose: taken whatever its suffix
         else:
-            raise SystemExit(f"dupwatch: {arg}: no such file or directory")
+            raise UserError(f"{arg}: no such file or directory")
     base = os.path.commonpath([Path(arg).absolute() if Path(arg).is_dir()
                                else Path(arg).absolute().parent for arg in paths]) if paths else ""
     files: list[ImageFile] = []

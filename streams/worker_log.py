@@ -33,13 +33,11 @@ def configure_logging(settings: Settings) -> None:
 
 
 def log_start(settings: Settings, cascade: Cascade) -> None:
-    if settings.shards > 0:
-        store = (f"sharded over {settings.shards} shards (topics {settings.index_topic_prefix}.*; "
-                 "the shards this worker hosts are logged as they are assigned)")
-    elif settings.state_dir:
-        store = f"in memory, snapshot in {settings.state_dir}"
-    else:
-        store = "in memory only (no --state-dir: lost when the worker stops)"
+    snapshots = (f"snapshots in {settings.state_dir}" if settings.state_dir
+                 else "no --state-dir: a restarted shard replays its whole changelog")
+    store = (f"{settings.shards} shards over the changelog {settings.index_topic_prefix}.changelog "
+             f"({snapshots}; vector index {settings.vector_index}; the shards this worker hosts "
+             "are logged as they are assigned)")
     log.info("worker %s starting: broker %s, group %s, topics %s -> %s (dead letters %s, control "
              "%s), stages %s, model %s, store %s, web port %s; joining the group takes up to "
              "%.0f s", settings.worker_name, settings.bootstrap_servers, settings.group_id,

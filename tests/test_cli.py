@@ -22,7 +22,7 @@ from dupwatch.streams.samples import samples_dir
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 COMMANDS = [[], ["demo"], ["broker"], ["worker"], ["publish"], ["verdicts"], ["scan"], ["bench"],
-            ["bench", "throughput"], ["bench", "soak"]]
+            ["bench", "throughput"], ["bench", "soak"], ["bench", "embedding"], ["model", "export"]]
 
 
 def dupwatch(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

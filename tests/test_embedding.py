@@ -24,7 +24,7 @@ def test_the_committed_weights_load_and_match_their_hash() -> None:
     vectors = model.embed([Image.new("RGB", (64, 48), (200, 30, 30))])
     assert vectors.shape == (1, 256)
     assert np.isclose(np.linalg.norm(vectors[0]), 1.0, atol=1e-4)
-    assert model.version.startswith("encoder-v2+")
+    assert model.version.startswith("encoder-v3+")
 
 
 def test_damaged_weights_are_refused(tmp_path: Path) -> None:
@@ -92,15 +92,21 @@ def _event(image_id: str, image: Image.Image) -> InputRecord:
     return InputRecord(ImageEvent(image_id=image_id, tenant="t", data=buffer.getvalue()).to_json())
 
 
-def test_heavy_edits_are_variants_and_unrelated_photos_unique(samples) -> None:
-    processor = Processor(Settings(), build_cascade(Settings()))
+def test_heavy_edits_are_found_and_unrelated_photos_unique(samples) -> None:
+    """Turned, overlaid and screenshotted copies are decided duplicates of the cat. The half
+    crop is ranked first but scores under min_score: crops of the held-out photos are decided at
+    min_score 0.99 only 5 % of the time (model/MODEL_CARD.md)."""
+    processor = Processor(Settings(top_k=1), build_cascade(Settings(top_k=1)))
     by_id = {s.file.image_id: s for s in samples}
     original = Image.open(by_id["originals/chelsea.jpg"].file.path).convert("RGB")
     assert processor.handle(_event("cat", original)).verdict.value == "unique"
-    for name, image in _variants(original).items():
+    variants = _variants(original)
+    half = processor.handle(_event("cat-crop", variants.pop("crop")))
+    assert [c.image_id for c in half.candidates] == ["cat"]
+    for name, image in variants.items():
         verdict = processor.handle(_event(f"cat-{name}", image))
-        assert (verdict.verdict.value, verdict.match_id) == ("variant", "cat"), name
-        assert verdict.model_version and verdict.score >= 0.99
+        assert verdict.verdict.value in ("variant", "near_duplicate"), name
+        assert verdict.match_id == "cat" and verdict.model_version and verdict.score >= 0.99
     unrelated = Image.open(by_id["unrelated/kiwi.jpg"].file.path).convert("RGB")
     assert processor.handle(_event("kiwi", unrelated)).verdict.value == "unique"
 

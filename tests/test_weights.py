@@ -44,7 +44,7 @@ def dupwatch(*args: str) -> subprocess.CompletedProcess[str]:
 def test_the_bundled_weights_are_pinned_in_the_package_with_no_file_beside_them() -> None:
     assert pinned.BUNDLED_WEIGHTS[pinned.DEFAULT] == hashlib.sha256(DEFAULT_WEIGHTS.read_bytes()).hexdigest()
     assert [p.name for p in DEFAULT_WEIGHTS.parent.iterdir()] == [DEFAULT_WEIGHTS.name]
-    assert EmbeddingModel.load().version == f"encoder-v2+{pinned.BUNDLED_WEIGHTS['encoder-v2.pt'][:12]}"
+    assert EmbeddingModel.load().version == f"encoder-v3+{pinned.BUNDLED_WEIGHTS['encoder-v3.pt'][:12]}"
 
 
 def test_weights_the_code_does_not_pin_are_refused_whatever_lies_beside_them(other_weights) -> None:
@@ -58,7 +58,7 @@ def test_weights_load_with_the_sha256_given_for_them(other_weights) -> None:
     model = EmbeddingModel.load(weights, sha256=digest.upper())
     assert model.version == f"encoder-custom+{digest[:12]}"
     with pytest.raises(WeightsMismatch, match="changed, damaged or swapped"):
-        EmbeddingModel.load(weights, sha256=pinned.BUNDLED_WEIGHTS["encoder-v2.pt"])
+        EmbeddingModel.load(weights, sha256=pinned.BUNDLED_WEIGHTS["encoder-v3.pt"])
     with pytest.raises(WeightsError, match="cannot read weights"):
         EmbeddingModel.load(weights.with_name("missing.pt"), sha256=digest)
 

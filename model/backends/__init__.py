@@ -1,0 +1,71 @@
+"""Ways to run the encoder, registered by name: ``torch`` (the trained module as is), ``onnx``
+(ONNX Runtime on an export of the same weights, fp32) and ``onnx-int8`` (the export quantised to
+int8). Each takes the same uint8 pixels and returns the same kind of descriptor; the contract
+tests (tests/test_embedding_backends.py) hold every one of them to it.
+
+A new backend is one module with a class and one ``@register("name")`` line.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """What every backend is built from: pinned weights, where to run, and the exports."""
+    weights: Path
+    weights_sha256: str          # already checked against the pin
+    device: str = "auto"         # auto, cpu or cuda
+    threads: int = 0             # intra-op CPU threads (0: the runtime's default)
+    export_dir: Path | None = None   # None: model/export.py's default folder
+
+
+class EmbeddingBackend(Protocol):
+    name: str
+    device: str
+    dim: int
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        """(N, R, R, 3) uint8 RGB -> (N, dim) float32 unit vectors."""
+        ...
+
+
+BackendFactory = Callable[[BackendOptions], EmbeddingBackend]
+BACKENDS: dict[str, BackendFactory] = {}
+# Module of each backend, imported only when it is asked for (torch and onnxruntime are heavy).
+_MODULES = {"torch": "torch_backend", "onnx": "onnx_backend", "onnx-int8": "onnx_backend"}
+NAMES = tuple(_MODULES)
+
+
+class BackendError(ValueError):
+    """A backend that cannot be built, and what to do about it."""
+
+
+def register(name: str) -> Callable[[BackendFactory], BackendFactory]:
+    def add(factory: BackendFactory) -> BackendFactory:
+        if name in BACKENDS and BACKENDS[name] is not factory:
+            raise ValueError(f"embedding backend {name!r} registered twice")
+        BACKENDS[name] = factory
+        return factory
+    return add
+
+
+def build(name: str, options: BackendOptions) -> EmbeddingBackend:
+    if name not in _MODULES:
+        raise BackendError(f"unknown embedding backend {name!r} (choose from {', '.join(NAMES)})")
+    importlib.import_module(f"{__name__}.{_MODULES[name]}")
+    return BACKENDS[name](options)
+
+
+def pixels_of(images: list, resolution: int) -> np.ndarray:
+    """PIL RGB images -> (N, R, R, 3) uint8, what every backend takes. The whole picture is
+    kept (squashed, not cropped): for copy detection the borders matter as much as the centre."""
+    from PIL import Image
+
+    return np.stack([np.asarray(image.resize((resolution, resolution), Image.Resampling.BILINEAR))
+                     for image in images])

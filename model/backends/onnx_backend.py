@@ -1,0 +1,40 @@
+"""ONNX Runtime on an export of the pinned weights (model/export.py): fp32, or int8."""
+from __future__ import annotations
+
+import numpy as np
+
+from dupwatch.model.backends import BackendError, BackendOptions, register
+
+
+class OnnxBackend:
+    def __init__(self, name: str, options: BackendOptions) -> None:
+        import onnxruntime as ort
+
+        from dupwatch.model.export import KINDS, ExportFile, default_dir
+
+        self.name = name
+        available = ort.get_available_providers()
+        wants_cuda = options.device == "cuda" or (options.device == "auto"
+                                                  and "CUDAExecutionProvider" in available)
+        if wants_cuda and "CUDAExecutionProvider" not in available:
+            raise BackendError(f"backend {name} on cuda needs onnxruntime-gpu; this onnxruntime "
+                               f"has only {', '.join(available)}")
+        self.device = "cuda" if wants_cuda else "cpu"
+        export = ExportFile(options.export_dir or default_dir(), options.weights_sha256, KINDS[name])
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = options.threads
+        # No busy-waiting between operators: the cores are shared with the decode processes.
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = ["CUDAExecutionProvider"] if wants_cuda else ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(export.read_checked(), session_options,
+                                            providers=providers)
+        self.dim = int(self.session.get_outputs()[0].shape[1])
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        from dupwatch.model.export import as_input
+
+        return self.session.run(None, {"pixels": as_input(pixels)})[0]
+
+
+register("onnx")(lambda options: OnnxBackend("onnx", options))
+register("onnx-int8")(lambda options: OnnxBackend("onnx-int8", options))
