@@ -31,6 +31,7 @@ from PIL import Image
 
 from dupwatch.bench.report import machine, markdown_table, percentiles_ms, write_results
 from dupwatch.bench.soak import Ledger, Traffic, _Collector, _PacedPublisher, _sources
+from dupwatch.errors import UserError
 from dupwatch.schemas import ImageEvent, utc_now
 from dupwatch.settings import Settings
 from dupwatch.streams.broker import EmbeddedBroker, free_port
@@ -97,7 +98,7 @@ def _index(settings: Settings, pictures: list[bytes]) -> None:
         publisher.close()
         got = list(reader.records(max_records=len(pictures), idle_timeout_s=120))
     if len(got) < len(pictures):
-        raise SystemExit(f"dupwatch bench: only {len(got)} of {len(pictures)} pictures were "
+        raise UserError(f"bench lookup: only {len(got)} of {len(pictures)} pictures were "
                          "indexed")
 
 
@@ -183,7 +184,7 @@ def _capacity(settings: Settings, traffic: Traffic, ledger: Ledger) -> float:
     while ledger.outstanding and time.time() < deadline:
         time.sleep(0.05)
     if ledger.outstanding or ledger.last_received_at is None:
-        raise SystemExit("dupwatch bench: the worker did not drain the probe in 10 minutes")
+        raise UserError("bench lookup: the worker did not drain the probe in 10 minutes")
     return (ledger.answered - first_count) / max(1e-3, ledger.last_received_at - first_at)
 
 

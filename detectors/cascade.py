@@ -22,10 +22,8 @@ LOOKUP_ID = ""
 # Images per call of a batched stage (the embedding): a batch of 16 already runs about twice as
 # fast per image as one by one (README: embedding speed), and between calls the cascade may
 # pause for waiting lookups (see ``pause_point``), so a lookup waits for at most 16 of a
-# stream batch's images, not all of them; 4 while lookups are coming in (``lookups_coming``),
-# to wait for fewer still at some cost in embedding speed.
+# stream batch's images, not all of them.
 DESCRIBE_CHUNK = 16
-DESCRIBE_CHUNK_FOR_LOOKUPS = 4
 
 
 @dataclass(frozen=True)
@@ -105,7 +103,6 @@ class Cascade:
         # Called on the checking thread between the steps of a check (rounds, chunks of a
         # batched stage), where nothing is half done: a worker runs waiting lookups there.
         self.pause_point: Callable[[], None] = lambda: None
-        self.lookups_coming: Callable[[], bool] = lambda: False
 
     def new_local_store(self) -> LocalStore:
         return LocalStore({stage.name: (stage.new_index, stage.load_index) for stage in self.stages})
@@ -246,13 +243,10 @@ class Cascade:
         for stage in stages:
             if stage.batched:
                 images = [run.image for run in described if _applies(stage, run.image)]
-                start = 0
-                while start < len(images):
+                for start in range(0, len(images), DESCRIBE_CHUNK):
                     if start:
                         self.pause_point()
-                    size = DESCRIBE_CHUNK_FOR_LOOKUPS if self.lookups_coming() else DESCRIBE_CHUNK
-                    _describe_batch(stage, images[start:start + size])
-                    start += size
+                    _describe_batch(stage, images[start:start + DESCRIBE_CHUNK])
         return [(run, {stage.name: run.image.signals[stage.name] for stage in stages
                        if _applies(stage, run.image)}) for run in described]
 

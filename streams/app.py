@@ -256,7 +256,6 @@ def run_worker(settings: Settings) -> None:
     cascade.store = client = ShardClient(settings, local=shards)
     executor = CascadeThread()
     cascade.pause_point = executor.run_urgent  # lookups waiting go between a batch's steps
-    cascade.lookups_coming = executor.urgent_recently  # ... which are shorter while they come
     app = create_app(settings, Processor(settings, cascade), executor, shards, tokens)
     worker = faust.Worker(app, quiet=True, override_logging=False)
     worker.spinner = None  # it writes cursor codes, even into a file

@@ -24,8 +24,6 @@ from typing import Any, Callable, TypeVar
 T = TypeVar("T")
 _Job = tuple[Future, Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 BALANCE_CAP_S = 1.0
-# Urgent work submitted this recently means more is likely: see ``urgent_recently``.
-RECENT_S = 1.0
 
 
 class CascadeThread(Executor):
@@ -41,7 +39,6 @@ class CascadeThread(Executor):
         self._in_stream_job = False
         self._balance = 0.0          # see the module's doc; changed on this thread only
         self._segment_started = 0.0  # when the running stream job started or last paused
-        self._urgent_at = -RECENT_S  # time.monotonic() of the last submit_urgent
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
@@ -49,12 +46,7 @@ class CascadeThread(Executor):
         return self._put(self._normal, fn, args, kwargs)
 
     def submit_urgent(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        self._urgent_at = time.monotonic()
         return self._put(self._urgent, fn, args, kwargs)
-
-    def urgent_recently(self) -> bool:
-        """Whether urgent work came in within RECENT_S: running jobs should pause more often."""
-        return time.monotonic() - self._urgent_at < RECENT_S
 
     def run_urgent(self) -> None:
         """Run the urgent jobs waiting now; call it from a job at a point where others may run.

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from dupwatch.detectors import build_cascade
-from dupwatch.detectors.cascade import DESCRIBE_CHUNK, DESCRIBE_CHUNK_FOR_LOOKUPS
+from dupwatch.detectors.cascade import DESCRIBE_CHUNK
 from dupwatch.schemas import Rejected, VerdictLabel
 from dupwatch.settings import Settings
 from dupwatch.streams.cascade_thread import CascadeThread
@@ -77,10 +77,6 @@ def test_a_batch_pauses_between_its_rounds_and_its_embedding_chunks(samples) -> 
     chunks = -(-len(items) // DESCRIBE_CHUNK)
     # A pause before rounds 2 and 3, and between the embedding's chunks.
     assert len(pauses) == 2 + (chunks - 1)
-    pauses.clear()
-    cascade.lookups_coming = lambda: True  # smaller chunks: more pauses
-    cascade.check_batch([("u", item_id, cascade.image(image.raw)) for _, item_id, image in items])
-    assert len(pauses) == 2 + (-(-len(items) // DESCRIBE_CHUNK_FOR_LOOKUPS) - 1)
 
 
 def _jpeg(picture: Image.Image) -> bytes:
