@@ -97,11 +97,13 @@ def read_topic(settings: Settings, topic: str, idle_timeout_s: float,
 
 
 def duplicate_groups(verdicts: Verdicts) -> list[Group]:
-    """Groups of matched images, largest first; pairs in the order they were decided."""
+    """Groups of matched images, largest first; pairs in the order they were decided (a batch
+    is decided at one instant: its pairs by image id, so any reading order gives one page)."""
     parent = {key: (key[0], doc["match_id"]) for key, doc in verdicts.by_key.items()
               if doc.get("match_id")}
     groups: dict[tuple[str, str], Group] = {}
-    for key, doc in sorted(verdicts.by_key.items(), key=lambda item: item[1]["processed_at"]):
+    decided = sorted(verdicts.by_key.items(), key=lambda item: (item[1]["processed_at"], item[0]))
+    for key, doc in decided:
         if key not in parent:
             continue
         root = _root(key, parent)

@@ -51,7 +51,7 @@ from dupwatch.streams.kafka import (
 
 log = logging.getLogger(__name__)
 
-_SIZES_EVERY_S = 5.0
+SIZES_EVERY_S = 5.0
 # Kafka may drop a tombstone delete.retention.ms after compaction: a snapshot older than that
 # could miss a takedown, so such snapshots are not used (the changelog alone rebuilds the shard).
 _SNAPSHOT_MAX_AGE_S = CHANGELOG_DELETE_RETENTION_MS / 1000 - 24 * 3600
@@ -363,7 +363,7 @@ class ShardServer:
 
     def _tick(self) -> None:
         now = time.monotonic()
-        if now - self._last_sizes >= _SIZES_EVERY_S:
+        if now - self._last_sizes >= SIZES_EVERY_S:
             self._last_sizes = now
             self.sizes = {n: shard.store.size() for n, shard in self._shards.items()}
             self.structures = {n: shard.store.structures() for n, shard in self._shards.items()}

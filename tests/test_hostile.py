@@ -104,7 +104,8 @@ def worker(bootstrap_servers: str, tmp_path_factory, samples: list[Sample]) -> I
     settings = Settings().replace(
         bootstrap_servers=bootstrap_servers, input_topic=f"h{run}.images",
         verdict_topic=f"h{run}.verdicts", dead_letter_topic=f"h{run}.dead-letters",
-        group_id=f"dupwatch-hostile-{run}", partitions=1, rebalance_timeout_s=6.0,
+        group_id=f"dupwatch-hostile-{run}", index_topic_prefix=f"h{run}.index",
+        control_topic=f"h{run}.control", partitions=1, rebalance_timeout_s=6.0,
         session_timeout_s=6.0, worker_name="hostile-test", fetch_allow_hosts=["127.0.0.1"],
         fetch_allow_private_networks=["127.0.0.0/8"], fetch_retries=0,
         fetch_timeout_s=600.0)  # held sources end when a test releases them, never by timeout

@@ -170,7 +170,7 @@ def test_a_worker_logs_its_start_and_rebalances_in_plain_text(stream_settings: S
     for part in (f"broker {s.bootstrap_servers}", f"group {s.group_id}",
                  f"topics {s.input_topic} -> {s.verdict_topic}",
                  f"dead letters {s.dead_letter_topic}",
-                 f"stages {','.join(s.stages)}", "model encoder-", "store in memory only"):
+                 f"stages {','.join(s.stages)}", "model encoder-", f"store {s.shards} shards"):
         assert part in start, part
     consumes = rf"rebalance: this worker now consumes .*{re.escape(s.input_topic)} \[0, 1\]"
     assert re.search(consumes, log)

@@ -46,11 +46,20 @@ def _verdicts(reader: TopicReader, events: list[ImageEvent]) -> dict[str, dict]:
 
 
 def _assert_copies_found(second: list[Sample], verdicts: dict[str, dict]) -> None:
+    """Every copy matches its original or an earlier copy of it, and every original with
+    copies is matched directly by one of them (its first copy had nothing else to match)."""
+    original_of = {s.file.image_id: s.source for s in second}
+    directly_matched, copied = set(), set()
     for sample in second:
         verdict = verdicts[sample.file.image_id]
         assert verdict["verdict"] == sample.expected_verdict, (sample.file.image_id, verdict)
         if sample.expected_verdict != "unique":
-            assert verdict["match_id"] == sample.source, sample.file.image_id
+            match = verdict["match_id"]
+            assert original_of.get(match, match) == sample.source, sample.file.image_id
+            copied.add(sample.source)
+            if match == sample.source:
+                directly_matched.add(match)
+    assert directly_matched == copied
 
 
 def test_a_default_worker_killed_after_its_verdicts_loses_nothing(
@@ -85,8 +94,9 @@ def test_two_default_workers_find_a_copy_whichever_gets_it(
         _publish(settings, _events(second))
         copies = _verdicts(reader, _events(second))
     _assert_copies_found(second, copies)
+    checked = {**originals, **copies}
     crossed = [image_id for image_id, v in copies.items()
-               if v["match_id"] and originals[v["match_id"]]["worker"] != v["worker"]]
+               if v["match_id"] and checked[v["match_id"]]["worker"] != v["worker"]]
     assert crossed, "no copy was checked by another worker than its original's"
 
 
