@@ -1,3 +1,3 @@
-from dupwatch.streams.cli import main
+from dupwatch.cli.main import main
 
 raise SystemExit(main())

@@ -1,5 +1,5 @@
 """Errors that reach a user: library code raises them, only the CLI turns them into an exit
-status and one line on stderr (streams/cli.py). Each message says what happened, to what, and
+status and one line on stderr (cli/main.py). Each message says what happened, to what, and
 what to do."""
 from __future__ import annotations
 

@@ -104,7 +104,7 @@ class Settings:
         256, "Decode big JPEGs at reduced scale while the shorter side stays >= this (0: off).",
         "detection", used_by=CASCADE_RUNNERS | {"bench quality"})
     weights: str = _opt(
-        "", "Encoder weights file (empty: the bundled model/weights/encoder-v3.pt, whose SHA-256 "
+        "", "Encoder weights file (empty: the bundled artifacts/weights/encoder-v3.pt, whose SHA-256 "
         "dupwatch knows).", "detection", used_by=ENCODER_USERS)
     weights_sha256: str = _opt(
         "", "SHA-256 (hex) that --weights must have; required with --weights: weights are code "

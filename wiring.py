@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dupwatch.detectors.image import DecodeLimits
+from dupwatch.imaging.image import DecodeLimits
 from dupwatch.errors import ConfigError
 from dupwatch.index.vector import VectorIndexOptions
 from dupwatch.settings import Settings

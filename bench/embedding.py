@@ -16,15 +16,16 @@ import time
 from typing import Callable
 
 from dupwatch.bench.report import machine, markdown_table, write_results
-from dupwatch.detectors import Cascade, ImageInput
+from dupwatch.detectors import Cascade
+from dupwatch.imaging.image import ImageInput
 from dupwatch.detectors.cascade import _applies, _signal, build_cascade
 from dupwatch.detectors.embedding import EmbeddingStage, per_image
 from dupwatch.model.backends import pixels_of
 from dupwatch.schemas import Rejected
 from dupwatch.settings import Settings
-from dupwatch.streams.samples import samples_dir
-from dupwatch.streams.scan import scan, scan_processor
-from dupwatch.streams.sources import ImageFile, image_files
+from dupwatch.locations import samples_dir
+from dupwatch.pipeline.scan import scan, scan_processor
+from dupwatch.imaging.files import ImageFile, image_files
 
 PROFILE_STEPS = ("read", "decode", "cheap stages", "views", "preprocess", "forward",
                  "search + decide + index")

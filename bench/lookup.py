@@ -34,11 +34,11 @@ from dupwatch.bench.soak import Ledger, Traffic, _Collector, _PacedPublisher, _s
 from dupwatch.errors import UserError
 from dupwatch.schemas import ImageEvent, utc_now
 from dupwatch.settings import Settings
-from dupwatch.streams.broker import EmbeddedBroker, free_port
-from dupwatch.streams.follow import TopicReader
-from dupwatch.streams.kafka import ensure_topics
-from dupwatch.streams.progress import Progress
-from dupwatch.streams.publish import Publisher
+from dupwatch.messaging.broker import EmbeddedBroker, free_port
+from dupwatch.messaging.follow import TopicReader
+from dupwatch.messaging.kafka import ensure_topics
+from dupwatch.reporting.progress import Progress
+from dupwatch.messaging.publish import Publisher
 from dupwatch.streams.worker_process import WorkerProcess
 
 INDEXED = 200

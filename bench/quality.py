@@ -38,7 +38,7 @@ from dupwatch.detectors.calibration import (Calibration, Evidence, combine_score
                                              load_calibrations, run_key, save_calibrations)
 from dupwatch.detectors.cascade import CALIBRATION_FILE, Cascade
 from dupwatch.detectors.embedding import EmbeddingModel, EmbeddingStage
-from dupwatch.detectors.image import DecodeLimits, ImageInput
+from dupwatch.imaging.image import DecodeLimits, ImageInput
 from dupwatch.detectors.phash import PHashStage, ReorientedPHashStage
 from dupwatch.detectors.sha256 import Sha256Stage
 from dupwatch.index import BinaryIndex

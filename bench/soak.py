@@ -48,13 +48,13 @@ from dupwatch.errors import UserError
 from dupwatch.model import augment
 from dupwatch.schemas import ImageEvent, utc_now
 from dupwatch.settings import Settings
-from dupwatch.streams.broker import EmbeddedBroker, free_port
-from dupwatch.streams.follow import Record, TopicReader
-from dupwatch.streams.kafka import ensure_topics
-from dupwatch.streams.progress import Progress, wanted
-from dupwatch.streams.publish import Publisher
-from dupwatch.streams.samples import load_samples
-from dupwatch.streams.sources import image_files
+from dupwatch.messaging.broker import EmbeddedBroker, free_port
+from dupwatch.messaging.follow import Record, TopicReader
+from dupwatch.messaging.kafka import ensure_topics
+from dupwatch.reporting.progress import Progress, wanted
+from dupwatch.messaging.publish import Publisher
+from dupwatch.imaging.samples import load_samples
+from dupwatch.imaging.files import image_files
 from dupwatch.streams.worker_process import WorkerProcess
 
 MIX = {"fresh": 0.5, "exact": 0.2, "variant": 0.2, "bad": 0.1}

@@ -21,12 +21,12 @@ from dupwatch.detectors import build_cascade
 from dupwatch.errors import UserError
 from dupwatch.schemas import ImageEvent, utc_now
 from dupwatch.settings import Settings
-from dupwatch.streams.broker import EmbeddedBroker, free_port
-from dupwatch.streams.follow import TopicReader
-from dupwatch.streams.kafka import ensure_topics
-from dupwatch.streams.publish import Publisher
-from dupwatch.streams.samples import samples_dir
-from dupwatch.streams.sources import image_files
+from dupwatch.messaging.broker import EmbeddedBroker, free_port
+from dupwatch.messaging.follow import TopicReader
+from dupwatch.messaging.kafka import ensure_topics
+from dupwatch.messaging.publish import Publisher
+from dupwatch.locations import samples_dir
+from dupwatch.imaging.files import image_files
 from dupwatch.streams.worker_process import WorkerProcess
 
 

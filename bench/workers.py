@@ -17,12 +17,12 @@ from pathlib import Path
 from dupwatch.bench.report import machine, write_results
 from dupwatch.bench.throughput import _collect, _events, _latencies, _publish
 from dupwatch.settings import Settings
-from dupwatch.streams.broker import EmbeddedBroker, free_port
-from dupwatch.streams.follow import TopicReader
-from dupwatch.streams.kafka import ensure_topics
-from dupwatch.streams.publish import Publisher
-from dupwatch.streams.samples import samples_dir
-from dupwatch.streams.sources import image_files
+from dupwatch.messaging.broker import EmbeddedBroker, free_port
+from dupwatch.messaging.follow import TopicReader
+from dupwatch.messaging.kafka import ensure_topics
+from dupwatch.messaging.publish import Publisher
+from dupwatch.locations import samples_dir
+from dupwatch.imaging.files import image_files
 from dupwatch.streams.worker_process import WorkerProcess
 
 

@@ -7,15 +7,16 @@ from pathlib import Path
 from typing import Any, Callable, cast
 
 from dupwatch.detectors.calibration import Evidence, load_calibrations
-from dupwatch.detectors.image import DecodeLimits, ImageInput
+from dupwatch.imaging.image import DecodeLimits, ImageInput
 from dupwatch.detectors.protocol import BatchedStage, Stage
 from dupwatch.detectors.registry import StageContext, build_stage
 from dupwatch.index import Entry, Hit, LocalStore, Lookup, Store, set_search_threads
 from dupwatch.schemas import Candidate, Flag, Rejected, Verdict, VerdictLabel, utc_now
+from dupwatch.locations import artifact
 from dupwatch.settings import Settings
-from dupwatch import wiring  # a module, not its names: wiring imports this package too
+from dupwatch import wiring
 
-CALIBRATION_FILE = Path(__file__).resolve().parents[1] / "model" / "calibration.json"
+CALIBRATION_FILE = artifact("calibration.json")
 # The image id a lookup is checked under: no event has it (the schema asks for one character at
 # least), so a lookup is never taken for a re-delivery and hides no indexed image from itself.
 LOOKUP_ID = ""

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from dupwatch.detectors.calibration import Calibration
-from dupwatch.detectors.image import ImageInput
+from dupwatch.imaging.image import ImageInput
 from dupwatch.detectors.registry import StageContext, stage
 from dupwatch.errors import ConfigError
 from dupwatch.index import VectorIndex

@@ -4,7 +4,7 @@ Catches re-encodes, resizes, brightness/contrast edits and small crops. The defa
 of 16 gives 256-bit hashes: at 64 bits, distinct pages of one manual sit as close as a page and
 its JPEG copy (on the calibration sources the nearest distinct document page was as near as
 6 of 64 bits, at 256 bits no nearer than 40, with copies within 18; `dupwatch bench quality`
-figures in model/MODEL_CARD.md). Scores are calibrated (see calibration.py) and are 0 beyond
+figures in artifacts/MODEL_CARD.md). Scores are calibrated (see calibration.py) and are 0 beyond
 ``max_distance`` bits, a cap against trusting look-alikes. A match within ``near_distance``
 bits is a near duplicate; further matches the cascade accepts are variants.
 
@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from dupwatch.detectors.calibration import Calibration
-from dupwatch.detectors.image import ImageInput
+from dupwatch.imaging.image import ImageInput
 from dupwatch.detectors.registry import StageContext, stage
 from dupwatch.index import BinaryIndex
 from dupwatch.schemas import VerdictLabel

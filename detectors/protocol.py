@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from dupwatch.detectors.image import ImageInput
+from dupwatch.imaging.image import ImageInput
 from dupwatch.index import Index
 from dupwatch.schemas import VerdictLabel
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from dupwatch.detectors.protocol import Stage
 from dupwatch.errors import ConfigError
-
-if TYPE_CHECKING:  # wiring imports the detectors package (DecodeLimits): no import cycle
-    from dupwatch.wiring import Options
+from dupwatch.wiring import Options
 
 BUILTIN_MODULES = ("dupwatch.detectors.sha256", "dupwatch.detectors.phash",
                    "dupwatch.detectors.embedding")

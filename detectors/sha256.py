@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dupwatch.detectors.image import ImageInput
+from dupwatch.imaging.image import ImageInput
 from dupwatch.detectors.registry import StageContext, stage
 from dupwatch.index import ExactIndex
 from dupwatch.schemas import VerdictLabel

@@ -4,7 +4,7 @@ An image is stored as one :class:`Entry`: its signal for each stage that describ
 record of how it was judged when first indexed (so a re-delivered event gets the same verdict),
 and an ``order`` that breaks ties between equally close matches in favour of the earliest image.
 :class:`LocalStore` holds entries in memory, one index per stage and tenant; a shard of a
-sharded deployment is a ``LocalStore`` too (see streams/shards.py).
+sharded deployment is a ``LocalStore`` too (see index/sharded.py).
 """
 from __future__ import annotations
 

@@ -15,6 +15,8 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
+from dupwatch.locations import samples_dir
+
 Transform = Callable[[Image.Image, random.Random], Image.Image]
 
 
@@ -207,7 +209,7 @@ class Patch:
 
 @functools.cache
 def _bundled_photos() -> tuple[Image.Image, ...]:
-    folder = Path(__file__).resolve().parents[1] / "samples" / "originals"
+    folder = samples_dir() / "originals"
     photos = []
     for path in sorted(folder.glob("*.jpg")):
         with Image.open(path) as photo:

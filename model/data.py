@@ -24,7 +24,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from dupwatch.detectors.image import DecodeLimits, decode
+from dupwatch.imaging.image import DecodeLimits, decode
 from dupwatch.schemas import Rejected
 
 HELD_OUT_PERCENT = 30

@@ -1,16 +1,17 @@
 """The encoder weights dupwatch ships, pinned by the code: a weights file is code (torch runs
 what it describes), so the package, not a file beside the weights, says which bytes to trust.
 
-Shipping new weights: put the file in model/weights/, add its line below (``sha256sum FILE``)
+Shipping new weights: put the file in artifacts/weights/, add its line below (``sha256sum FILE``)
 and point DEFAULT at it. Weights of your own load only with their SHA-256 given beside them
 (``--weights FILE --weights-sha256 HEX``).
 """
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
-# File name in model/weights/ -> its SHA-256.
+from dupwatch.locations import artifact
+
+# File name in artifacts/weights/ -> its SHA-256.
 BUNDLED_WEIGHTS = {
     "encoder-v3.pt": "685b9240779be779cf7202be6dd10b151752d7e4f4a6b689fa7b2ddb54f86110",
 }
@@ -18,4 +19,4 @@ DEFAULT = "encoder-v3.pt"
 
 
 def bundled_path(name: str = DEFAULT) -> Path:
-    return Path(str(resources.files("dupwatch.model").joinpath("weights", name)))
+    return artifact(f"weights/{name}")

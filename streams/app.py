@@ -26,16 +26,16 @@ from dupwatch.detectors import build_cascade
 from dupwatch.errors import UserError
 from dupwatch.schemas import DeadLetter, Verdict
 from dupwatch.settings import Settings
-from dupwatch.streams import metrics
+from dupwatch.pipeline import metrics
 from dupwatch.streams.cascade_thread import CascadeThread
 from dupwatch.streams.health import PartitionProgress, readiness
-from dupwatch.streams.kafka import ensure_topics, faust_credentials, max_message_bytes
+from dupwatch.messaging.kafka import ensure_topics, faust_credentials, max_message_bytes
 from dupwatch.streams.lookup_api import (
     ApiError, LookupRequest, LookupService, TokenError, Tokens, openapi,
 )
 from dupwatch.streams.pipeline import Pipeline, record_of
-from dupwatch.streams.processor import InputRecord, Processor
-from dupwatch.streams.shards import (
+from dupwatch.pipeline.processor import InputRecord, Processor
+from dupwatch.index.sharded import (
     ShardClient, ShardServer, check_shard_count, refuse_in_memory_snapshot,
 )
 from dupwatch.streams.worker_log import configure_logging, log_rebalances, log_start
@@ -229,7 +229,7 @@ def _key(record: InputRecord, outcome: Verdict | DeadLetter) -> bytes | None:
 def run_worker(settings: Settings) -> None:
     """Run one worker until SIGTERM/SIGINT.
 
-    The worker keeps its index in the changelog-backed shards (streams/shards.py): it hosts the
+    The worker keeps its index in the changelog-backed shards (index/sharded.py): it hosts the
     shards Kafka assigns it (all of them when it is alone) and looks images up across all
     shards, in-process for its own. The cascade (and so any model) is loaded before the web
     server starts: a worker that answers its probes has it. Raises WorkerFailed (exit status

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Protocol
 
-from dupwatch.streams.processor import InputRecord
+from dupwatch.pipeline.processor import InputRecord
 
 
 class GroupMember(Protocol):

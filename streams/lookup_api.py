@@ -27,9 +27,9 @@ from typing import Any, Mapping
 from dupwatch.detectors import CascadeResult
 from dupwatch.schemas import Reason, Rejected, schema
 from dupwatch.settings import Settings
-from dupwatch.streams import metrics
+from dupwatch.pipeline import metrics
 from dupwatch.streams.cascade_thread import CascadeThread
-from dupwatch.streams.processor import Processor
+from dupwatch.pipeline.processor import Processor
 
 TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # as the image event's schema says
 # Tokens shorter than this are refused at start-up: guessable is as good as none.

@@ -5,8 +5,8 @@ A batch is up to ``batch_size`` ready events (their pictures fetched and decoded
 they were read; it goes when full, or when no event taken in less than GATHER_S ago is still
 being prepared. An event waiting longer on its source or its decode stays behind, with the later
 events of its own tenant, while other tenants' events go ahead; they join a later batch when
-ready (each fetch ends within fetch_timeout_s, streams/fetches.py; each decode within
-decode_timeout_ms, detectors/decode_pool.py). Each event is acknowledged
+ready (each fetch ends within fetch_timeout_s, pipeline/fetch_pool.py; each decode within
+decode_timeout_ms, imaging/decode_pool.py). Each event is acknowledged
 once its outcome is on the broker; Faust commits a partition's offset only up to its first
 unacknowledged event, so delivery stays at-least-once whatever order events finish in.
 """
@@ -23,7 +23,7 @@ from faust.types import EventT
 
 from dupwatch.schemas import DeadLetter, Verdict
 from dupwatch.settings import Settings
-from dupwatch.streams.processor import InputRecord, Pending, Processor
+from dupwatch.pipeline.processor import InputRecord, Pending, Processor
 
 # Events taken in and not yet finished, at most: beyond it the worker stops reading until some
 # finish (a flood of slow sources waits on its fetches' clocks, at most fetch_timeout_s). Those

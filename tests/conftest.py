@@ -14,8 +14,8 @@ from typing import Callable, Iterator
 import pytest
 
 from dupwatch.settings import Settings
-from dupwatch.streams.broker import EmbeddedBroker, free_port
-from dupwatch.streams.samples import Sample, load_samples
+from dupwatch.messaging.broker import EmbeddedBroker, free_port
+from dupwatch.imaging.samples import Sample, load_samples
 from dupwatch.streams.worker_process import WorkerProcess
 
 

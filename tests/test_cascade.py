@@ -9,7 +9,7 @@ from PIL import Image
 from dupwatch.detectors import Cascade, build_cascade
 from dupwatch.schemas import VerdictLabel
 from dupwatch.settings import Settings
-from dupwatch.streams.samples import Sample, in_upload_order
+from dupwatch.imaging.samples import Sample, in_upload_order
 
 
 def _check(cascade: Cascade, sample: Sample, tenant: str = "t", image_id: str | None = None):

@@ -17,8 +17,8 @@ from PIL import Image
 
 from dupwatch.schemas import validate
 from dupwatch.settings import Settings
-from dupwatch.streams.cli import _parser
-from dupwatch.streams.samples import samples_dir
+from dupwatch.cli.main import _parser
+from dupwatch.locations import samples_dir
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 COMMANDS = [[], ["demo"], ["broker"], ["worker"], ["publish"], ["verdicts"], ["scan"], ["bench"],

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dupwatch.detectors.image import DecodeLimits, decode
-from dupwatch.detectors.watchdog import Overdue, Watchdog
+from dupwatch.imaging.image import DecodeLimits, decode
+from dupwatch.imaging.watchdog import Overdue, Watchdog
 from dupwatch.schemas import Reason, Rejected
 
 LIMITS = DecodeLimits()

@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 
 from dupwatch.bench.hostile import scan_bomb
-from dupwatch.detectors import jpeg
-from dupwatch.detectors.decode_pool import SUSPECT_WAITING, DecodePool
-from dupwatch.detectors.image import DecodeLimits, ImageInput, decode
+from dupwatch.imaging import jpeg
+from dupwatch.imaging.decode_pool import SUSPECT_WAITING, DecodePool
+from dupwatch.imaging.image import DecodeLimits, ImageInput, decode
 from dupwatch.schemas import Reason, Rejected
-from dupwatch.streams.samples import samples_dir
+from dupwatch.locations import samples_dir
 
 PHOTO = (samples_dir() / "originals" / "coffee.jpg").read_bytes()
 

@@ -16,7 +16,7 @@ from dupwatch.model import augment
 from dupwatch.model.train import TrainConfig, train
 from dupwatch.schemas import ImageEvent
 from dupwatch.settings import Settings
-from dupwatch.streams.processor import InputRecord, Processor
+from dupwatch.pipeline.processor import InputRecord, Processor
 
 
 def test_the_committed_weights_load_and_match_their_hash() -> None:
@@ -95,7 +95,7 @@ def _event(image_id: str, image: Image.Image) -> InputRecord:
 def test_heavy_edits_are_found_and_unrelated_photos_unique(samples) -> None:
     """Turned, overlaid and screenshotted copies are decided duplicates of the cat. The half
     crop is ranked first but scores under min_score: crops of the held-out photos are decided at
-    min_score 0.99 only 5 % of the time (model/MODEL_CARD.md)."""
+    min_score 0.99 only 5 % of the time (artifacts/MODEL_CARD.md)."""
     processor = Processor(Settings(top_k=1), build_cascade(Settings(top_k=1)))
     by_id = {s.file.image_id: s for s in samples}
     original = Image.open(by_id["originals/chelsea.jpg"].file.path).convert("RGB")

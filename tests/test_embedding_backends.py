@@ -15,11 +15,12 @@ from PIL import Image
 from dupwatch.detectors.embedding import DEFAULT_WEIGHTS, EmbeddingModel, pinned_weights
 from dupwatch.model import backends
 from dupwatch.model.backends import BackendError, BackendOptions, pixels_of
-from dupwatch.model.export import ExportFile, export
+from dupwatch.model.backends.export import ExportFile, export
 from dupwatch.settings import Settings
-from dupwatch.streams.samples import load_samples, samples_dir
-from dupwatch.streams.scan import scan
-from dupwatch.streams.sources import image_files
+from dupwatch.imaging.samples import load_samples
+from dupwatch.locations import samples_dir
+from dupwatch.pipeline.scan import scan
+from dupwatch.imaging.files import image_files
 
 # How close each backend's descriptors must stay to the trained module's (cosine, worst photo).
 # int8: measured 0.973 worst over the bundled photos (weights and activations quantised).

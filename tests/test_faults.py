@@ -20,11 +20,11 @@ import pytest
 
 from dupwatch.schemas import ImageEvent, utc_now
 from dupwatch.settings import Settings
-from dupwatch.streams.broker import EmbeddedBroker, free_port
-from dupwatch.streams.follow import TopicReader
-from dupwatch.streams.kafka import ensure_topics
-from dupwatch.streams.publish import Publisher
-from dupwatch.streams.samples import Sample
+from dupwatch.messaging.broker import EmbeddedBroker, free_port
+from dupwatch.messaging.follow import TopicReader
+from dupwatch.messaging.kafka import ensure_topics
+from dupwatch.messaging.publish import Publisher
+from dupwatch.imaging.samples import Sample
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
 from dupwatch.detectors import build_cascade
-from dupwatch.detectors.image import DecodeLimits, decode
+from dupwatch.imaging.image import DecodeLimits, decode
 from dupwatch.schemas import DeadLetter, Reason, Rejected, Verdict, parse_image_event
 from dupwatch.settings import Settings
-from dupwatch.streams.processor import InputRecord, Processor
-from dupwatch.streams.samples import samples_dir
+from dupwatch.pipeline.processor import InputRecord, Processor
+from dupwatch.locations import samples_dir
 
 FUZZ = settings(max_examples=600, deadline=None, derandomize=True,
                 suppress_health_check=list(HealthCheck))

@@ -20,7 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from dupwatch.settings import ENV_PREFIX, Settings
-from dupwatch.streams import metrics
+from dupwatch.pipeline import metrics
 
 helm = pytest.importorskip(
     "helm_python", reason="helm-python-sdk (Helm's engine for Python) is not installed: "

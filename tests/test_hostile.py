@@ -21,10 +21,10 @@ from PIL import Image
 from dupwatch.bench.hostile import scan_bomb
 from dupwatch.schemas import ImageEvent, validate
 from dupwatch.settings import Settings
-from dupwatch.streams.follow import Record, TopicReader
-from dupwatch.streams.kafka import ensure_topics
-from dupwatch.streams.publish import Publisher
-from dupwatch.streams.samples import Sample
+from dupwatch.messaging.follow import Record, TopicReader
+from dupwatch.messaging.kafka import ensure_topics
+from dupwatch.messaging.publish import Publisher
+from dupwatch.imaging.samples import Sample
 from dupwatch.streams.worker_process import WorkerProcess
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]

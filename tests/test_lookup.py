@@ -23,17 +23,17 @@ from dupwatch.index.codec import shard_of
 from dupwatch.schemas import ImageEvent
 from dupwatch.settings import Settings
 from dupwatch.streams.app import GAUGE_REFRESH_S
-from dupwatch.streams.shards import SIZES_EVERY_S
+from dupwatch.index.sharded import SIZES_EVERY_S
 
 # How stale the index-size gauges may be: the shard thread counts its indexes every
 # SIZES_EVERY_S, the web server copies the counts into the gauges every GAUGE_REFRESH_S.
 SIZES_LAG_S = SIZES_EVERY_S + GAUGE_REFRESH_S + 1
-from dupwatch.streams.broker import free_port
-from dupwatch.streams.follow import TopicReader
-from dupwatch.streams.kafka import ensure_topics
-from dupwatch.streams.lookup_client import LookupClient, LookupFailed
-from dupwatch.streams.publish import Publisher, file_events
-from dupwatch.streams.samples import Sample, in_upload_order
+from dupwatch.messaging.broker import free_port
+from dupwatch.messaging.follow import TopicReader
+from dupwatch.messaging.kafka import ensure_topics
+from dupwatch.cli.lookup import LookupClient, LookupFailed
+from dupwatch.messaging.publish import Publisher, file_events
+from dupwatch.imaging.samples import Sample, in_upload_order
 from dupwatch.streams.worker_process import WorkerProcess
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]

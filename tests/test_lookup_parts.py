@@ -15,7 +15,7 @@ from dupwatch.schemas import Rejected, VerdictLabel
 from dupwatch.settings import Settings
 from dupwatch.streams.cascade_thread import CascadeThread
 from dupwatch.streams.lookup_api import ApiError, LookupRequest, LookupService, TokenError, Tokens
-from dupwatch.streams.samples import in_upload_order
+from dupwatch.imaging.samples import in_upload_order
 
 HASHES = ["sha256", "phash", "phash_reoriented"]
 ALL = "a" * 32

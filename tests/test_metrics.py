@@ -12,12 +12,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dupwatch.settings import Settings
-from dupwatch.streams import metrics
-from dupwatch.streams.follow import TopicReader
+from dupwatch.pipeline import metrics
+from dupwatch.messaging.follow import TopicReader
 from dupwatch.streams.health import readiness
-from dupwatch.streams.kafka import ensure_topics
-from dupwatch.streams.publish import Publisher, file_events
-from dupwatch.streams.samples import in_upload_order
+from dupwatch.messaging.kafka import ensure_topics
+from dupwatch.messaging.publish import Publisher, file_events
+from dupwatch.imaging.samples import in_upload_order
 
 WAIT_S = 90.0  # how long to wait for a worker to join its group or settle, not a speed goal
 Samples = dict[tuple[str, frozenset], float]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dupwatch.streams.progress import Progress
-from dupwatch.streams.samples import samples_dir
+from dupwatch.reporting.progress import Progress
+from dupwatch.locations import samples_dir
 
 
 PHOTOS = 3

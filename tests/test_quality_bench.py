@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from dupwatch.bench import quality
 from dupwatch.detectors.cascade import Cascade
 from dupwatch.detectors.embedding import EmbeddingModel
-from dupwatch.detectors.image import DecodeLimits
+from dupwatch.imaging.image import DecodeLimits
 from dupwatch.model.data import CALIBRATION_SOURCES, TEST_SOURCES, Photo
 from dupwatch.schemas import VerdictLabel
 from dupwatch.settings import Settings

@@ -19,8 +19,8 @@ from confluent_kafka import Producer
 from PIL import Image
 
 from dupwatch.settings import Settings
-from dupwatch.streams.kafka import confluent_config, ensure_topics
-from dupwatch.streams.samples import samples_dir
+from dupwatch.messaging.kafka import confluent_config, ensure_topics
+from dupwatch.locations import samples_dir
 
 PAGE_SIZE = 3
 THUMB_SIZE = 120

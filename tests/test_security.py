@@ -16,9 +16,9 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from dupwatch.detectors import build_cascade
 from dupwatch.settings import Settings
-from dupwatch.streams.broker import free_port
-from dupwatch.streams.kafka import confluent_config, faust_credentials
-from dupwatch.streams.processor import InputRecord, Processor
+from dupwatch.messaging.broker import free_port
+from dupwatch.messaging.kafka import confluent_config, faust_credentials
+from dupwatch.pipeline.processor import InputRecord, Processor
 from dupwatch.streams.worker_process import WorkerProcess
 
 PASSWORD = "kafka-pw-7f3a91"

@@ -23,12 +23,12 @@ from dupwatch.index.codec import decode_entry
 from dupwatch.index.snapshot import MANIFEST
 from dupwatch.schemas import ImageEvent
 from dupwatch.settings import Settings
-from dupwatch.streams.follow import TopicReader
-from dupwatch.streams.kafka import ShardTopics, confluent_config, ensure_topics
-from dupwatch.streams.publish import Publisher, file_events
-from dupwatch.streams.samples import Sample, in_upload_order
-from dupwatch.streams.shards import ShardClient, ShardServer, apply
-from dupwatch.streams.broker import free_port
+from dupwatch.messaging.follow import TopicReader
+from dupwatch.messaging.kafka import ShardTopics, confluent_config, ensure_topics
+from dupwatch.messaging.publish import Publisher, file_events
+from dupwatch.imaging.samples import Sample, in_upload_order
+from dupwatch.index.sharded import ShardClient, ShardServer, apply
+from dupwatch.messaging.broker import free_port
 from dupwatch.streams.worker_process import WorkerProcess
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -347,7 +347,7 @@ def test_a_snapshot_plus_the_changelog_tail_equals_a_full_rebuild(
     with _hosting(settings, tmp_path / "elsewhere"):  # the tail: wave 2 and a takedown
         cascade.check_batch(_items(cascade, second))
         cascade.store.remove("shop", [first[0].file.image_id, second[0].file.image_id])
-    caplog.set_level("WARNING", logger="dupwatch.streams.shards")
+    caplog.set_level("WARNING", logger="dupwatch.index.sharded")
     with _hosting(settings, tmp_path / "snapshots"):  # restores from the first snapshot
         pass
     assert f"rebuilding shard 0 from offset {len(first)} to" in caplog.text

@@ -12,7 +12,7 @@ from dupwatch.detectors import Cascade, build_cascade
 from dupwatch.index import LocalStore
 from dupwatch.index.snapshot import MANIFEST, SnapshotError, read_snapshot, write_snapshot
 from dupwatch.settings import Settings
-from dupwatch.streams.samples import in_upload_order
+from dupwatch.imaging.samples import in_upload_order
 
 STAGES = ["sha256", "phash", "phash_reoriented"]
 

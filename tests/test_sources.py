@@ -22,10 +22,10 @@ import pytest
 from dupwatch.detectors import build_cascade
 from dupwatch.schemas import DeadLetter, Reason, Rejected, Verdict
 from dupwatch.settings import Settings
-from dupwatch.streams.fetches import Fetches
-from dupwatch.streams.processor import InputRecord, Processor
-from dupwatch.streams.samples import samples_dir
-from dupwatch.streams.sources import address_refusal, host_allowed, read_uri
+from dupwatch.pipeline.fetch_pool import Fetches
+from dupwatch.pipeline.processor import InputRecord, Processor
+from dupwatch.locations import samples_dir
+from dupwatch.pipeline.fetch import address_refusal, host_allowed, read_uri
 
 PHOTO = (samples_dir() / "originals" / "coffee.jpg").read_bytes()
 LOOPBACK = ["127.0.0.0/8", "::1/128"]  # localhost may resolve to either

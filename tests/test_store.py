@@ -13,10 +13,10 @@ import pytest
 from dupwatch.index.snapshot import MANIFEST
 from dupwatch.schemas import ImageEvent
 from dupwatch.settings import Settings
-from dupwatch.streams.follow import TopicReader
-from dupwatch.streams.kafka import ensure_topics
-from dupwatch.streams.publish import Publisher, file_events
-from dupwatch.streams.samples import Sample, in_upload_order
+from dupwatch.messaging.follow import TopicReader
+from dupwatch.messaging.kafka import ensure_topics
+from dupwatch.messaging.publish import Publisher, file_events
+from dupwatch.imaging.samples import Sample, in_upload_order
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

@@ -21,13 +21,14 @@ from dupwatch.detectors import build_cascade
 from dupwatch.model import augment
 from dupwatch.schemas import ImageEvent, validate
 from dupwatch.settings import Settings
-from dupwatch.streams.broker import free_port
-from dupwatch.streams.follow import TopicReader
-from dupwatch.streams.kafka import ensure_topics
-from dupwatch.streams.processor import InputRecord, Processor
-from dupwatch.streams.publish import Publisher, file_events
-from dupwatch.streams.samples import Sample, in_upload_order, samples_dir
-from dupwatch.streams.sources import ImageFile
+from dupwatch.messaging.broker import free_port
+from dupwatch.messaging.follow import TopicReader
+from dupwatch.messaging.kafka import ensure_topics
+from dupwatch.pipeline.processor import InputRecord, Processor
+from dupwatch.messaging.publish import Publisher, file_events
+from dupwatch.imaging.samples import Sample, in_upload_order
+from dupwatch.locations import samples_dir
+from dupwatch.imaging.files import ImageFile
 from dupwatch.streams.worker_process import WorkerProcess
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -72,7 +73,7 @@ def _heavy_edits(sample: Sample, expected: dict) -> list[ImageEvent]:
 
 
 # A heavy edit is found: decided a duplicate of its photo, or (when its calibrated score stays
-# under min_score, as for most tilted and cropped photos: model/MODEL_CARD.md) at least ranked
+# under min_score, as for most tilted and cropped photos: artifacts/MODEL_CARD.md) at least ranked
 # first among the candidates by the embedding.
 HEAVY = "found"
 

@@ -15,8 +15,8 @@ from dupwatch.detectors.embedding import DEFAULT_WEIGHTS, EmbeddingModel, Weight
 from dupwatch.model import pinned
 from dupwatch.model.train import TrainConfig, TrainingError, train
 from dupwatch.settings import Settings
-from dupwatch.streams.broker import free_port
-from dupwatch.streams.samples import samples_dir
+from dupwatch.messaging.broker import free_port
+from dupwatch.locations import samples_dir
 from dupwatch.streams.worker_process import WorkerProcess
 
 PHOTO = samples_dir() / "originals" / "coffee.jpg"

@@ -22,7 +22,7 @@ class BackendOptions:
     weights_sha256: str          # already checked against the pin
     device: str = "auto"         # auto, cpu or cuda
     threads: int = 0             # intra-op CPU threads (0: the runtime's default)
-    export_dir: Path | None = None   # None: model/export.py's default folder
+    export_dir: Path | None = None   # None: model/backends/export.py's default folder
 
 
 class EmbeddingBackend(Protocol):

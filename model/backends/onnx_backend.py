@@ -1,4 +1,4 @@
-"""ONNX Runtime on an export of the pinned weights (model/export.py): fp32, or int8."""
+"""ONNX Runtime on an export of the pinned weights (model/backends/export.py): fp32, or int8."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +10,7 @@ class OnnxBackend:
     def __init__(self, name: str, options: BackendOptions) -> None:
         import onnxruntime as ort
 
-        from dupwatch.model.export import KINDS, ExportFile, default_dir
+        from dupwatch.model.backends.export import KINDS, ExportFile, default_dir
 
         self.name = name
         available = ort.get_available_providers()
@@ -31,7 +31,7 @@ class OnnxBackend:
         self.dim = int(self.session.get_outputs()[0].shape[1])
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
-        from dupwatch.model.export import as_input
+        from dupwatch.model.backends.export import as_input
 
         return self.session.run(None, {"pixels": as_input(pixels)})[0]
 

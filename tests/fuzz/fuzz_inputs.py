@@ -17,7 +17,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports(include=["dupwatch", "PIL"]):
-    from dupwatch.detectors.image import DecodeLimits, decode
+    from dupwatch.imaging.image import DecodeLimits, decode
     from dupwatch.schemas import Rejected, parse_image_event
 
 LIMITS = DecodeLimits(max_pixels=4_000_000)

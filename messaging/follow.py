@@ -11,7 +11,7 @@ from confluent_kafka import (
 )
 
 from dupwatch.settings import Settings
-from dupwatch.streams.kafka import confluent_config
+from dupwatch.messaging.kafka import confluent_config
 
 # How long the first fetches may take to reach the end of every partition.
 _FIRST_FETCH_WAIT_S = 10.0

@@ -1,8 +1,8 @@
 """One input record in, one verdict or one dead letter out: the worker's and scan's shared core.
 
 A record goes through two steps. :meth:`Processor.intake` parses it and starts preparing its
-picture without waiting for it: fetching the bytes behind a ``uri`` (streams/fetches.py), then
-decoding them in a decode process (detectors/decode_pool.py), each in its tenant's turn and on
+picture without waiting for it: fetching the bytes behind a ``uri`` (pipeline/fetch_pool.py), then
+decoding them in a decode process (imaging/decode_pool.py), each in its tenant's turn and on
 its own clock. :meth:`Processor.finish` takes records whose picture is ready, checks them with
 the cascade and turns each into its outcome. The worker runs the two steps apart, so a record
 waiting on a slow source or a slow decode never holds up the records behind it
@@ -17,14 +17,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from dupwatch.detectors import Cascade, CascadeResult, ImageInput
-from dupwatch.detectors.decode_pool import DecodePool
+from dupwatch.detectors import Cascade, CascadeResult
+
+from dupwatch.imaging.image import ImageInput
+from dupwatch.imaging.decode_pool import DecodePool
 from dupwatch.schemas import (
     DeadLetter, ImageEvent, Reason, Rejected, Verdict, parse_control, parse_image_event,
 )
 from dupwatch.settings import Settings
-from dupwatch.streams import metrics
-from dupwatch.streams.fetches import Fetches
+from dupwatch.pipeline import metrics
+from dupwatch.pipeline.fetch_pool import Fetches
 
 log = logging.getLogger(__name__)
 

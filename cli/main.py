@@ -21,8 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    from dupwatch.streams.follow import MissingTopic
-    from dupwatch.streams.kafka import BrokerUnreachable
+    from dupwatch.messaging.follow import MissingTopic
+    from dupwatch.messaging.kafka import BrokerUnreachable
     try:
         settings = Settings.load(args=args)
         return int(args.handler(settings, args) or 0)
@@ -65,7 +65,7 @@ class _HelpFormatter(argparse.HelpFormatter):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from dupwatch.streams.broker import MEMORY_STORAGE
+    from dupwatch.messaging.broker import MEMORY_STORAGE
 
     parser = argparse.ArgumentParser(
         prog="dupwatch", formatter_class=_HelpFormatter,
@@ -287,7 +287,7 @@ def _parser() -> argparse.ArgumentParser:
                               "a folder reserved for evaluation)")
     quality.add_argument("--write-calibration", action="store_true",
                          help="write the calibration fitted here for the worker "
-                              "(model/calibration.json)")
+                              "(artifacts/calibration.json)")
     quality.add_argument("--out", default="bench-quality.json", metavar="FILE",
                          help="where to write the JSON results")
     embedding = _command(benches, "bench embedding", _bench_embedding,
@@ -465,17 +465,17 @@ def _paths_and_tenant(parser: argparse.ArgumentParser, tenant_help: str,
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
-    from dupwatch.streams.demo import run_demo
+    from dupwatch.cli.demo import run_demo
     return run_demo(settings)
 
 
 def _broker(settings: Settings, args: argparse.Namespace) -> int:
-    from dupwatch.streams.broker import run_broker
+    from dupwatch.messaging.broker import run_broker
     return run_broker(settings, args.storage_engine, args.broker_bin)
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
-    from dupwatch.streams.kafka import require_broker
+    from dupwatch.messaging.kafka import require_broker
     require_broker(settings)
     from dupwatch.streams.app import run_worker
     run_worker(settings)
@@ -483,9 +483,9 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _publish(settings: Settings, args: argparse.Namespace) -> int:
-    from dupwatch.streams.kafka import ensure_topics, require_broker
-    from dupwatch.streams.progress import Progress, wanted
-    from dupwatch.streams.publish import Publisher, file_events
+    from dupwatch.messaging.kafka import ensure_topics, require_broker
+    from dupwatch.reporting.progress import Progress, wanted
+    from dupwatch.messaging.publish import Publisher, file_events
 
     files, empty = _files(args.paths)
     require_broker(settings)
@@ -504,7 +504,7 @@ def _publish(settings: Settings, args: argparse.Namespace) -> int:
 def _files(paths: list[str], empty_allowed: bool = False):
     """The image files PATH names, their skipped neighbours reported on stderr; without
     ``empty_allowed``, empty files are left out and reported too: (files, empty ones)."""
-    from dupwatch.streams.sources import image_files
+    from dupwatch.imaging.files import image_files
 
     selection = image_files(paths)
     files, skipped = selection.files, list(selection.skipped)
@@ -541,9 +541,9 @@ def _bank_add(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _send_commands(settings: Settings, commands, total: int = 1) -> None:
-    from dupwatch.streams.kafka import ensure_topics, require_broker
-    from dupwatch.streams.progress import Progress, wanted
-    from dupwatch.streams.publish import Publisher
+    from dupwatch.messaging.kafka import ensure_topics, require_broker
+    from dupwatch.reporting.progress import Progress, wanted
+    from dupwatch.messaging.publish import Publisher
 
     require_broker(settings)
     ensure_topics(settings, only={settings.control_topic})
@@ -556,9 +556,9 @@ def _send_commands(settings: Settings, commands, total: int = 1) -> None:
 
 
 def _verdicts(settings: Settings, args: argparse.Namespace) -> int:
-    from dupwatch.streams.follow import TopicReader
-    from dupwatch.streams.kafka import require_broker
-    from dupwatch.streams.render import TablePrinter, print_jsonl
+    from dupwatch.messaging.follow import TopicReader
+    from dupwatch.messaging.kafka import require_broker
+    from dupwatch.reporting.render import TablePrinter, print_jsonl
 
     require_broker(settings)
     topics = [settings.verdict_topic] + ([settings.dead_letter_topic] if args.dead_letters else [])
@@ -576,7 +576,7 @@ def _verdicts(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _lookup(settings: Settings, args: argparse.Namespace) -> int:
-    from dupwatch.streams.lookup_client import LookupClient, run_lookup
+    from dupwatch.cli.lookup import LookupClient, run_lookup
 
     if not settings.token:
         print("dupwatch: lookup needs a token: --token or DUPWATCH_TOKEN", file=sys.stderr)
@@ -592,7 +592,7 @@ def _lookup(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _scan(settings: Settings, args: argparse.Namespace) -> int:
-    from dupwatch.streams.scan import in_order, run_scan
+    from dupwatch.pipeline.scan import in_order, run_scan
 
     files, _ = _files(args.paths, empty_allowed=True)  # scan dead-letters them, by name
     if args.order != "given":
@@ -604,7 +604,7 @@ def _scan(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _report(settings: Settings, args: argparse.Namespace) -> int:
-    from dupwatch.streams.report import write_report
+    from dupwatch.reporting.report import write_report
     return write_report(settings, args.verdicts, args.images, args.out,
                         page_size=args.page_size, thumb_side=args.thumb_size,
                         idle_timeout_s=args.idle_timeout, max_records=args.max)
@@ -633,7 +633,7 @@ def _model_export(settings: Settings, args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from dupwatch.detectors.embedding import WeightsError, pinned_weights
-    from dupwatch.model.export import KINDS, default_dir, export
+    from dupwatch.model.backends.export import KINDS, default_dir, export
 
     kinds = tuple(kind for kind in args.kinds.split(",") if kind)
     unknown = sorted(set(kinds) - set(KINDS.values()))
@@ -704,7 +704,7 @@ def _bench_throughput(settings: Settings, args: argparse.Namespace) -> int:
 
 def _bench_soak(settings: Settings, args: argparse.Namespace) -> int:
     from dupwatch.bench.soak import run_soak_bench
-    from dupwatch.streams.kafka import require_broker
+    from dupwatch.messaging.kafka import require_broker
 
     own_broker = args.bootstrap_servers is None
     if not own_broker:

@@ -1,7 +1,7 @@
 """Decodes in processes of their own, stopped for good at their time budget, fair across tenants.
 
 Pillow decodes in C: no exception, signal or thread can stop a decode part way, and a decode can
-cost minutes for a file of a few hundred KB (detectors/jpeg.py). So a worker decodes in child
+cost minutes for a file of a few hundred KB (imaging/jpeg.py). So a worker decodes in child
 processes, each capped by the operating system (CPU seconds just past the time budget, address
 space ``decode_memory_mb`` above what it holds at start), and a decode still running at its
 budget is ended by killing its process: its CPU and memory are back at once and a fresh process
@@ -11,7 +11,7 @@ from the worker, with its threads and Kafka clients), so a replacement is ready 
 Fairness: decodes run as events come in, not as part of a batch, so an event never waits for
 another event's decode, only for its own tenant's turn. Each tenant's images are decoded at
 most ``processes`` at a time; the pool grows to twice ``processes`` while several tenants have
-images, tenants taking turns for free processes (detectors/tenant_slots.py). A tenant whose
+images, tenants taking turns for free processes (imaging/tenant_slots.py). A tenant whose
 decode was stopped at its budget in the last OVERRUN_MEMORY_S seconds may have only
 SUSPECT_WAITING images waiting or decoding: when it overruns, its images waiting beyond those are
 dead-lettered, and so are its new ones past that, so a flood of slow images cannot fill the
@@ -33,8 +33,8 @@ from multiprocessing.connection import Connection
 
 from PIL import Image
 
-from dupwatch.detectors.image import DecodeLimits, ImageInput, bytes_summary, decode
-from dupwatch.detectors.tenant_slots import TenantSlots
+from dupwatch.imaging.image import DecodeLimits, ImageInput, bytes_summary, decode
+from dupwatch.imaging.tenant_slots import TenantSlots
 from dupwatch.schemas import Reason, Rejected
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ OVERRUN_MEMORY_S = 60
 SUSPECT_WAITING = 8
 
 _CONTEXT = multiprocessing.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(["dupwatch.detectors.image"])
+_CONTEXT.set_forkserver_preload(["dupwatch.imaging.image"])
 
 
 class _Overrun(Exception):

@@ -6,7 +6,7 @@ runs each call on a thread of its pool and stops *waiting* when the budget is sp
 caller moves on (its event is dead-lettered) while the call runs to its end in the background
 and its result is dropped. ``max_overdue`` bounds how many may run on at once, so a flood of
 pathological inputs costs at most that many threads, never a stalled partition. (Decodes, which
-can burn CPU and memory for minutes, are stopped for real instead: detectors/decode_pool.py.)
+can burn CPU and memory for minutes, are stopped for real instead: imaging/decode_pool.py.)
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Bounds per image, so that no single image can stall a partition or exhaust the w
 
 - bytes: the event (or fetched file) is at most ``max_event_bytes`` before decoding starts;
 - structure: a JPEG with more than ``max_scans`` scans is refused from its markers (see
-  detectors/jpeg.py), before any decoding;
+  imaging/jpeg.py), before any decoding;
 - pixels: the declared size is checked against ``max_pixels`` before any pixel is decoded (a
   50,000 x 50,000 PNG of a few KB is rejected from its header), and only the first frame of an
   animation, multi-page file or MPO is ever decoded, so frame counts do not multiply the work;
@@ -13,10 +13,10 @@ Bounds per image, so that no single image can stall a partition or exhaust the w
   MP: 12.0 for RGBA PNG, 9.6 palette with transparency, 8.5 16-bit grey, 4.1 RGB and 4.3
   CMYK), so about 600 MB at the default 50 megapixels; big JPEGs take far less, as they decode
   at reduced scale. In a worker each decode runs in a process of its own capped at
-  ``memory_mb`` (detectors/decode_pool.py);
+  ``memory_mb`` (imaging/decode_pool.py);
 - time: most decodes take time in proportion to bytes and pixels, but some files take far
   longer, so in a worker a decode still running after ``timeout_ms`` is stopped for good (its
-  process is killed; see detectors/decode_pool.py).
+  process is killed; see imaging/decode_pool.py).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dupwatch.detectors import jpeg
+from dupwatch.imaging import jpeg
 from dupwatch.schemas import Reason, Rejected
 
 # MPO (multi-picture JPEG, as many phones and cameras write) is read as its first picture.
@@ -59,7 +59,7 @@ class DecodeLimits:
     draft_min_side: int = 256
     # Longest one decode may take before its event is dead-lettered as decode_timeout (0: none).
     timeout_ms: int = 10_000
-    # Most scans a JPEG may have (0: no limit); see detectors/jpeg.py.
+    # Most scans a JPEG may have (0: no limit); see imaging/jpeg.py.
     max_scans: int = 100
     # Memory one decode process may add to what it holds at start (0: no limit).
     memory_mb: int = 1024

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 from urllib.parse import urlencode, urlsplit
 
-from dupwatch.streams.render import TablePrinter, print_jsonl
-from dupwatch.streams.sources import ImageFile
+from dupwatch.reporting.render import TablePrinter, print_jsonl
+from dupwatch.imaging.files import ImageFile
 
 TIMEOUT_S = 60.0
 

@@ -20,11 +20,11 @@ import os
 import tempfile
 import warnings
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
+from dupwatch.locations import samples_dir
 from dupwatch.model.backends import BackendError, pixels_of
 
 # Backend name -> the export it runs.
@@ -135,7 +135,7 @@ def _calibration_pixels() -> np.ndarray:
     """The bundled sample photos (originals, unrelated photos and their copies), in name order."""
     from PIL import Image
 
-    root = Path(str(resources.files("dupwatch").joinpath("samples")))
+    root = samples_dir()
     images = [Image.open(path).convert("RGB") for path in sorted(root.glob("*/*.jpg"))]
     return pixels_of(images, CALIBRATION_RESOLUTION)
 

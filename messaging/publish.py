@@ -7,8 +7,8 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from dupwatch.schemas import ImageEvent, utc_now
 from dupwatch.settings import Settings
-from dupwatch.streams.kafka import confluent_config, max_message_bytes
-from dupwatch.streams.sources import ImageFile
+from dupwatch.messaging.kafka import confluent_config, max_message_bytes
+from dupwatch.imaging.files import ImageFile
 
 
 def file_events(files: Iterable[ImageFile], tenant: str, as_uri: bool = False) -> Iterator[ImageEvent]:

@@ -8,12 +8,12 @@ from collections import Counter
 from pathlib import Path
 
 from dupwatch.settings import Settings
-from dupwatch.streams.broker import EmbeddedBroker, free_port
-from dupwatch.streams.follow import TopicReader
-from dupwatch.streams.kafka import ensure_topics
-from dupwatch.streams.publish import Publisher, file_events
-from dupwatch.streams.render import TablePrinter
-from dupwatch.streams.samples import Sample, in_upload_order, load_samples
+from dupwatch.messaging.broker import EmbeddedBroker, free_port
+from dupwatch.messaging.follow import TopicReader
+from dupwatch.messaging.kafka import ensure_topics
+from dupwatch.messaging.publish import Publisher, file_events
+from dupwatch.reporting.render import TablePrinter
+from dupwatch.imaging.samples import Sample, in_upload_order, load_samples
 from dupwatch.streams.worker_process import WorkerProcess
 
 WAVE_TIMEOUT_S = 120.0

@@ -18,11 +18,11 @@ from PIL import Image
 from dupwatch.detectors import Cascade, build_cascade
 from dupwatch.schemas import DeadLetter, ImageEvent, Reason, Rejected, Verdict, utc_now
 from dupwatch.settings import Settings
-from dupwatch.streams.processor import InputRecord, Pending, Processor
-from dupwatch.streams.progress import Progress, wanted
-from dupwatch.streams.render import TablePrinter, print_jsonl
-from dupwatch.streams.report import Verdicts, duplicate_groups
-from dupwatch.streams.sources import ImageFile
+from dupwatch.pipeline.processor import InputRecord, Pending, Processor
+from dupwatch.reporting.progress import Progress, wanted
+from dupwatch.reporting.render import TablePrinter, print_jsonl
+from dupwatch.reporting.report import Verdicts, duplicate_groups
+from dupwatch.imaging.files import ImageFile
 
 Outcome = Verdict | DeadLetter
 

@@ -45,7 +45,7 @@ from dupwatch.index.codec import (
     entry_key, shard_of, split_key,
 )
 from dupwatch.settings import Settings
-from dupwatch.streams.kafka import (
+from dupwatch.messaging.kafka import (
     CHANGELOG_DELETE_RETENTION_MS, ShardTopics, confluent_config, max_message_bytes,
 )
 

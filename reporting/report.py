@@ -22,14 +22,14 @@ from typing import Any, Iterable, Iterator
 
 from confluent_kafka import KafkaException
 
-from dupwatch.detectors.image import DecodeLimits, decode
+from dupwatch.imaging.image import DecodeLimits, decode
 from dupwatch.errors import UserError
 from dupwatch.schemas import Rejected
 from dupwatch.settings import Settings
-from dupwatch.streams.follow import MissingTopic, TopicReader
-from dupwatch.streams.kafka import require_broker
-from dupwatch.streams.progress import Progress, wanted
-from dupwatch.streams.sources import image_files
+from dupwatch.messaging.follow import MissingTopic, TopicReader
+from dupwatch.messaging.kafka import require_broker
+from dupwatch.reporting.progress import Progress, wanted
+from dupwatch.imaging.files import image_files
 
 THUMB_QUALITY = 75
 
@@ -162,7 +162,7 @@ def render(groups: list[Group], thumbs: dict[str, str | None], verdicts: Verdict
             "pageSize": page_size, "verdictCounts": labels, "rejected": verdicts.rejected}
     # "<" escaped, so no string in the data (image ids are user input) can close the script.
     payload = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
-    template = resources.files("dupwatch.streams").joinpath("report.html").read_text()
+    template = resources.files("dupwatch.reporting").joinpath("report.html").read_text()
     # One pass, so a title or image id that reads "{{data}}" is never substituted again.
     values = {"title": html.escape(title), "data": payload}
     return re.sub(r"\{\{(title|data)\}\}", lambda m: values[m.group(1)], template)

@@ -1,4 +1,4 @@
-"""Where image bytes come from: files on disk (scan, publish) and the URIs in events.
+"""Where an event's image bytes come from when it names them by URI instead of carrying them.
 
 An event's ``uri`` makes the worker read or fetch something on the sender's behalf, so each
 kind is fenced in:
@@ -33,67 +33,11 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import unquote_to_bytes, urljoin, urlsplit, urlunsplit
 
-from dupwatch.detectors.watchdog import Overdue, Watchdog
+from dupwatch.imaging.watchdog import Overdue, Watchdog
 from dupwatch.errors import UserError
 from dupwatch.schemas import Reason, Rejected
 from dupwatch.schemas.records import redact_urls
 from dupwatch.settings import Settings
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
-CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png",
-                 ".webp": "image/webp", ".gif": "image/gif", ".bmp": "image/bmp",
-                 ".tif": "image/tiff", ".tiff": "image/tiff"}
-
-
-@dataclass(frozen=True)
-class ImageFile:
-    image_id: str
-    path: Path
-
-    @property
-    def content_type(self) -> str | None:
-        return CONTENT_TYPES.get(self.path.suffix.lower())
-
-
-@dataclass(frozen=True)
-class FileSelection:
-    files: list[ImageFile]
-    skipped: list[tuple[Path, str]]   # (file, why), for the command to report
-
-
-def image_files(paths: list[str]) -> FileSelection:
-    """Files in argument order, directories walked in sorted order.
-
-    In a directory only files with an image suffix are taken: the others are ``skipped``, as is
-    a file given twice. Ids are unique within the selection: each file's path relative to the
-    deepest folder that holds every argument (one file: its name; one directory: the path
-    inside it; ``a/x.jpg b/x.jpg``: ``a/x.jpg`` and ``b/x.jpg``).
-    """
-    found: list[Path] = []
-    skipped: list[tuple[Path, str]] = []
-    for arg in paths:
-        root = Path(arg)
-        if root.is_dir():
-            for path in sorted(p for p in root.rglob("*") if p.is_file()):
-                if path.suffix.lower() in IMAGE_SUFFIXES:
-                    found.append(path)
-                else:
-                    skipped.append((path, f"not an image file name ({path.suffix or 'no suffix'})"))
-        elif root.is_file():
-            found.append(root)  # named on purpose: taken whatever its suffix
-        else:
-            raise UserError(f"{arg}: no such file or directory")
-    base = os.path.commonpath([Path(arg).absolute() if Path(arg).is_dir()
-                               else Path(arg).absolute().parent for arg in paths]) if paths else ""
-    files: list[ImageFile] = []
-    seen: set[Path] = set()
-    for path in found:
-        if path.resolve() in seen:
-            skipped.append((path, "given more than once"))
-            continue
-        seen.add(path.resolve())
-        files.append(ImageFile(path.absolute().relative_to(base).as_posix(), path))
-    return FileSelection(files, skipped)
 
 
 def read_uri(uri: str, settings: Settings, deadline: float | None = None) -> bytes:

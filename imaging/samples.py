@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
-from dupwatch.streams.sources import ImageFile
+from dupwatch.imaging.files import ImageFile
+from dupwatch.locations import samples_dir
 
 
 @dataclass(frozen=True)
@@ -16,10 +16,6 @@ class Sample:
     source: str            # the original a copy derives from
     transform: str
     expected_verdict: str
-
-
-def samples_dir() -> Path:
-    return Path(str(resources.files("dupwatch").joinpath("samples")))
 
 
 def load_samples(root: Path | None = None) -> list[Sample]:

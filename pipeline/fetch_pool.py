@@ -12,10 +12,10 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future
 
-from dupwatch.detectors.tenant_slots import TenantSlots
+from dupwatch.imaging.tenant_slots import TenantSlots
 from dupwatch.schemas import Reason, Rejected
 from dupwatch.settings import Settings
-from dupwatch.streams.sources import read_uri
+from dupwatch.pipeline.fetch import read_uri
 
 # Threads for all tenants' fetches together; started as needed. Enough for 16 tenants fetching
 # at the default concurrency at once; each holds at most one body (max_event_bytes).

@@ -1,0 +1,1 @@
+"""The `dupwatch` command: one module per command group."""
