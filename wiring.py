@@ -1,7 +1,8 @@
 """Settings turned into typed options, in one place.
 
 :class:`Settings` is what the user gave (flags, ``DUPWATCH_*``); :class:`Options` is what each
-part of dupwatch takes: the decode limits, each stage's options, the vector index's, the store's.
+part of dupwatch takes: the decode limits, each stage's options, the vector index's (and
+:func:`store_options`, a worker's store's).
 Every command that runs the cascade builds it from ``Options.from_settings``, so a setting read
 here reaches every worker, shard and benchmark alike. Values that cannot work raise
 :class:`~dupwatch.errors.ConfigError` naming the setting.
@@ -19,6 +20,8 @@ from dupwatch.settings import Settings
 
 @dataclass(frozen=True)
 class PHashOptions:
+    """The pHash stages' options (the ``phash_*`` settings); distances are in bits of the
+    size^2-bit hash."""
     size: int = 8                # grid side: size^2 bits
     max_distance: int = 16       # beyond this a match is no evidence at all
     near_distance: int = 8       # up to this a match is a near duplicate, beyond it a variant
@@ -26,17 +29,23 @@ class PHashOptions:
 
 @dataclass(frozen=True)
 class EmbeddingOptions:
+    """How to load and run the encoder (``weights``, ``embedding_*``, ``export_dir``):
+    ``resolution`` in pixels, ``threads`` 0 for the backend's default. EmbeddingModel.from_options
+    checks ``weights`` against ``sha256`` (or the bundled pin) before anything loads."""
     weights: Path | None = None  # None: the bundled weights
     sha256: str | None = None
     resolution: int = 160
     device: str = "auto"
     threads: int = 0
-    backend: str = "torch"       # model/backends.py registers the names
+    backend: str = "torch"       # model/backends/ registers the names
     export_dir: Path | None = None  # None: the default place for ONNX exports
 
 
 @dataclass(frozen=True)
 class CascadeOptions:
+    """What the cascade itself takes: stage names in order, the calibrated score a match needs,
+    candidates fetched per stage (``search_k``) and listed per verdict (``top_k``), FAISS threads
+    per search, and the tenants that are matched against their bank but never indexed."""
     stages: tuple[str, ...]
     min_score: float
     search_k: int
@@ -57,6 +66,8 @@ class StoreOptions:
 
 @dataclass(frozen=True)
 class Options:
+    """Everything a cascade needs, typed and grouped by the part that takes it; built only by
+    :meth:`from_settings` (a worker's store options come from :func:`store_options`)."""
     cascade: CascadeOptions
     decode: DecodeLimits
     phash: PHashOptions
