@@ -23,6 +23,10 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Calibration:
+    """A stage's score curve: the precision measured at each distance, linear between the points
+    (flat beyond the ends), so a score is in [0, 1] and means the same for every stage. Made by
+    :meth:`fit` (the quality benchmark) or :meth:`linear`; read from calibration.json by
+    ``load_calibrations``. Distances are in the stage's own unit (bits, cosine distance)."""
     distances: tuple[float, ...]   # increasing
     scores: tuple[float, ...]      # non-increasing: precision of a top match at that distance
 

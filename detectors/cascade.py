@@ -29,6 +29,10 @@ DESCRIBE_CHUNK = 16
 
 @dataclass(frozen=True)
 class CascadeResult:
+    """One image's outcome: its label, the decisive candidate (None when unique), the best
+    candidates (at most ``top_k``, one per image, best first), timings in ms, and flags.
+    :meth:`to_verdict` makes the published record; :meth:`to_record` is what the store keeps with
+    the indexed image, so a re-delivery gets the same verdict back through :meth:`from_record`."""
     label: VerdictLabel
     match: Candidate | None          # the decisive candidate; None when unique
     candidates: list[Candidate]      # best candidates over the stages that ran, best first

@@ -35,7 +35,7 @@ class WeightsError(ValueError):
 
 
 class WeightsMismatch(WeightsError):
-    pass
+    """The weights file's SHA-256 is not the one pinned for it: changed, damaged or swapped."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +150,10 @@ def per_image(vectors: np.ndarray, views: list) -> list[np.ndarray]:
 
 
 class EmbeddingStage:
+    """The cascade's costly last stage: an encoder descriptor per view (whole picture, content
+    region), searched in a :class:`VectorIndex` by cosine distance; its matches are variants
+    unless a cheaper stage recognises them. Batched: ``describe_batch`` is one forward pass over
+    many images; ``prepare`` may run ahead on another thread and caches its pixels on the image."""
     name = "embedding"
     label = VerdictLabel.VARIANT
     needs_pixels = True

@@ -28,6 +28,10 @@ from dupwatch.schemas import VerdictLabel
 
 
 class PHashStage:
+    """Perceptual-hash stage: a ``size``^2-bit DCT pHash of the decoded pixels, searched by Hamming
+    distance (bits) in a :class:`BinaryIndex`. Scores 0 beyond ``max_distance``; labels a match
+    within ``near_distance`` a near duplicate. Without a calibration (none fitted for this size) it
+    scores 1 up to the cap. Raises ValueError for a size under 4 or with size^2 not whole bytes."""
     name = "phash"
     label = VerdictLabel.NEAR_DUPLICATE
     needs_pixels = True

@@ -10,6 +10,8 @@ from dupwatch.schemas import VerdictLabel
 
 
 class Sha256Stage:
+    """The cascade's first, cheapest stage: the SHA-256 of the raw bytes (no decode) looked up in an
+    :class:`ExactIndex`. Distance is always 0 and the score 1: equal digests are the same bytes."""
     name = "sha256"
     label = VerdictLabel.EXACT_DUPLICATE
     needs_pixels = False
