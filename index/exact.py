@@ -11,6 +11,8 @@ _FILE = "exact.json"
 
 
 class ExactIndex:
+    """The :class:`Index` of the SHA-256 stage: a dictionary from digest to keys. A search returns
+    only keys with the very same digest, at distance 0, earliest added first."""
     def __init__(self) -> None:
         self._keys_by_digest: dict[bytes, dict[str, int]] = {}
         self._digest_by_key: dict[str, bytes] = {}

@@ -17,6 +17,11 @@ class Hit:
 
 
 class Index(Protocol[Signal]):
+    """One stage's signals for one tenant, keyed by image id; what every index implements and
+    tests/test_index_contract.py checks. Distances are in the index's own unit (bits, cosine
+    distance), lower is closer, 0 the same; a compressed index may miss a true neighbour. Each
+    index holds one tenant (TenantIndexes keeps them apart). Not thread-safe: callers serialise.
+    A signal of the wrong size or shape raises ValueError."""
     def add(self, key: str, signal: Signal) -> None:
         """Index ``signal`` under ``key``; adding an existing key replaces its signal."""
 

@@ -45,6 +45,9 @@ class Found:
 
 @dataclass(frozen=True)
 class Entry:
+    """One indexed image: its signal per stage that described it, the record of its verdict
+    (CascadeResult.to_record plus its sha256; empty for a bank entry) and ``order``, the time it was
+    indexed in ns since the epoch, which breaks ties between equal distances (earliest wins)."""
     tenant: str
     image_id: str
     signals: dict[str, Any]
@@ -53,6 +56,11 @@ class Entry:
 
 
 class Store(Protocol):
+    """Where the cascade's indexes live: :class:`LocalStore` in memory, or ShardClient over Kafka.
+    ``lookup`` answers one :class:`Found` per query, in order: each stage's ``k`` closest hits in
+    the query's tenant (never the query's own image id) and its earlier record if it was indexed.
+    ``add`` replaces an image's entry in every stage; once it returns, every lookup sees it.
+    Used from one thread (the cascade's)."""
     round_trip: bool  # whether a lookup goes over the network (so stages should share one)
 
     def lookup(self, queries: list[Lookup], k: int) -> list[Found]: ...

@@ -8,6 +8,8 @@ I = TypeVar("I")
 
 
 class TenantIndexes(Generic[I]):
+    """One stage's indexes, one per tenant, made on first add with ``new_index`` and read back with
+    ``load_index``; a store keeps one per stage. Not thread-safe, like the indexes it holds."""
     def __init__(self, new_index: Callable[[], I], load_index: Callable[[Path], I]) -> None:
         self._new_index = new_index
         self._load_index = load_index

@@ -89,6 +89,10 @@ class VectorIndexOptions:
 
 
 class VectorIndex:
+    """The :class:`Index` of the embedding stage: ``dim``-float unit vectors, one or more per key
+    (views), searched by cosine distance (1 - cosine similarity) in the FAISS structure its options
+    name, flat until a compressed kind has trained (see the module docstring). A search returns
+    each key once, at its best view. Vectors of the wrong shape raise ValueError."""
     def __init__(self, dim: int, options: VectorIndexOptions = VectorIndexOptions()) -> None:
         self.dim = dim
         self.options = options
