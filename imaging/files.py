@@ -15,6 +15,8 @@ CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png
 
 @dataclass(frozen=True)
 class ImageFile:
+    """A file a command takes, with the image id it is checked and published under (unique within
+    its selection, see :func:`image_files`); ``content_type`` is guessed from the suffix."""
     image_id: str
     path: Path
 
@@ -25,6 +27,8 @@ class ImageFile:
 
 @dataclass(frozen=True)
 class FileSelection:
+    """What :func:`image_files` took, in order, and what it left out with the reason, which the
+    command reports rather than dropping silently."""
     files: list[ImageFile]
     skipped: list[tuple[Path, str]]   # (file, why), for the command to report
 

@@ -53,6 +53,10 @@ LOW_INFORMATION_STD = 4.0
 
 @dataclass(frozen=True)
 class DecodeLimits:
+    """Per-image bounds on a decode (see the module docstring): area in pixels (from the header),
+    JPEG scans, and time in ms and memory in MB, which only decode processes enforce
+    (imaging/decode_pool.py); 0 lifts any but the area. An image past one is Rejected with a
+    reason. ``draft_min_side`` (pixels, 0: off) only makes big JPEGs cheaper to decode."""
     max_pixels: int = 50_000_000
     # Large JPEGs decode at 1/2..1/8 scale (libjpeg's DCT scaling, much cheaper) as long as the
     # shorter side stays at least this long: every stage works on far smaller pictures.

@@ -11,6 +11,8 @@ from dupwatch.locations import samples_dir
 
 @dataclass(frozen=True)
 class Sample:
+    """One bundled photo and the verdict it should get (a row of samples/manifest.csv): an original,
+    an unrelated photo, or a copy made from ``source`` by ``transform``."""
     file: ImageFile
     role: str              # original | unrelated | copy
     source: str            # the original a copy derives from

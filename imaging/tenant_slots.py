@@ -17,6 +17,9 @@ T = TypeVar("T")
 
 
 class TenantSlots(Generic[T]):
+    """A thread pool shared fairly by tenants (see the module docstring): ``submit`` never blocks
+    and returns a future; a refused call's future fails with the refusal. Thread-safe. Behind the
+    decode processes and the per-tenant fetch threads."""
     def __init__(self, name: str, per_tenant: int, total: int,
                  refuse: Callable[[str, int], Exception | None] = lambda tenant, held: None) -> None:
         self.per_tenant = max(1, per_tenant)

@@ -22,6 +22,9 @@ class Overdue(Exception):
 
 
 class Watchdog:
+    """Runs uninterruptible calls against a budget in seconds (see the module docstring): ``call``
+    returns the result or raises the call's exception, or raises :class:`Overdue` once the budget
+    is spent or ``max_overdue`` calls are still running late. Thread-safe."""
     def __init__(self, name: str, max_overdue: int) -> None:
         self.name = name
         self.max_overdue = max_overdue
