@@ -23,6 +23,8 @@ class MissingTopic(Exception):
 
 @dataclass(frozen=True)
 class Record:
+    """One record read back by :class:`TopicReader`: its topic, its value parsed as JSON (a verdict
+    or a dead letter), the raw value, and when it arrived here (seconds since the epoch)."""
     topic: str
     document: dict[str, Any]
     received_at: float   # time.time() when it arrived here

@@ -24,6 +24,8 @@ CHANGELOG_DELETE_RETENTION_MS = 7 * 24 * 3600 * 1000
 
 @dataclass(frozen=True)
 class ShardTopics:
+    """The sharded index's three topic names, from ``index_topic_prefix`` (see index/sharded.py):
+    the compacted changelog of entries, the lookups sent to shards, the shards' answers."""
     changelog: str
     lookups: str
     answers: str

@@ -55,6 +55,10 @@ class GeM(nn.Module):
 
 
 class Encoder(nn.Module):
+    """The network both branches of the siamese training share: (N, 3, H, W) pixels in [0, 1] ->
+    (N, ``dim``) L2-normalised descriptors, so a dot product is their cosine similarity. Trained
+    by model/train.py, saved as a half-precision state dict (:func:`load_exported` reads it back),
+    run by the torch backend and exported to ONNX for the others."""
     def __init__(self, dim: int = DESCRIPTOR_DIM) -> None:
         super().__init__()
         self.features = lite0_backbone().features

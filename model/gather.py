@@ -408,6 +408,8 @@ def image_candidates(source: Source, root: Path) -> list[Candidate]:
 
 @dataclass(frozen=True)
 class Pdf:
+    """A PDF manual of a document source that passed :func:`pdfs_of`'s filters: its path inside
+    the package (``inner``), a readable copy, its page count, and where its rendered pages go."""
     inner: str
     path: Path             # readable PDF (a .pdf.gz is unpacked into the page cache)
     pages: int

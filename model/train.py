@@ -39,6 +39,9 @@ class TrainingError(ValueError):
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """One training run's recipe (from ``dupwatch train``), written into training.json beside the
+    weights so the run can be repeated. ``resolution`` and ``max_side`` are pixels, ``batch`` the
+    images per step (2x as many views), ``init`` imagenet-lite0, scratch or a weights file."""
     photos: tuple[str, ...]
     out: str
     steps: int = 1500

@@ -3,7 +3,8 @@
 int8). Each takes the same uint8 pixels and returns the same kind of descriptor; the contract
 tests (tests/test_embedding_backends.py) hold every one of them to it.
 
-A new backend is one module with a class and one ``@register("name")`` line.
+A new backend is one module with a class and one ``@register("name")`` line, plus its name in
+``_MODULES`` (the module imported when the name is asked for).
 """
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ class BackendOptions:
 
 
 class EmbeddingBackend(Protocol):
+    """The encoder behind one name, built by :func:`build` from :class:`BackendOptions`: ``embed``
+    maps uint8 pixels (from :func:`pixels_of`) to ``dim`` float32 unit vectors, one per image, in
+    order. ``device`` is where it actually runs. A backend that cannot be built raises
+    BackendError. Called by one thread at a time (the cascade's)."""
     name: str
     device: str
     dim: int

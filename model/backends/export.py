@@ -39,6 +39,9 @@ def default_dir() -> Path:
 
 @dataclass(frozen=True)
 class ExportFile:
+    """One ONNX export (``kind`` fp32 or int8) of the weights with SHA-256 ``weights_sha256``, in
+    ``folder``, with a manifest beside it. :meth:`read_checked` hands out its bytes only if they
+    are the ones the manifest records for those weights, else raises BackendError."""
     folder: Path
     weights_sha256: str
     kind: str

@@ -7,6 +7,9 @@ from dupwatch.model.backends import BackendError, BackendOptions, register
 
 
 class OnnxBackend:
+    """The ``onnx`` and ``onnx-int8`` backends: ONNX Runtime on the checked export (``dupwatch model
+    export``) of the pinned weights, on CUDA when asked or available. Raises BackendError when the
+    export is missing or damaged, or CUDA is asked of a CPU-only onnxruntime."""
     def __init__(self, name: str, options: BackendOptions) -> None:
         import onnxruntime as ort
 

@@ -8,6 +8,8 @@ from dupwatch.model.backends import BackendOptions, register
 
 @register("torch")
 class TorchBackend:
+    """The ``torch`` backend: the trained :class:`Encoder` loaded from the pinned weights, fp32 on
+    CPUs and fp16 on CUDA."""
     name = "torch"
 
     def __init__(self, options: BackendOptions) -> None:
