@@ -26,6 +26,9 @@ TENANT_WAITING_LIMIT = 256
 
 
 class Fetches:
+    """The processor's fetches of event URIs, on threads shared fairly by tenants (see the module
+    docstring). ``fetch`` never blocks: its future ends with the bytes, or with Rejected
+    (fetch_failed, fetch_refused), within ``fetch_timeout_s`` of the call. Thread-safe."""
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._slots: TenantSlots[bytes] = TenantSlots(

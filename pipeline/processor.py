@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class InputRecord:
+    """One input record as it came: its value (an image event's JSON) and, read from Kafka, its key,
+    headers and position (topic, partition, offset), which logs and dead letters quote; a scan's or
+    a lookup's record has the value (and key) alone."""
     value: bytes
     key: bytes | None = None
     headers: list[tuple[str, bytes]] = field(default_factory=list)

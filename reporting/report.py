@@ -36,6 +36,8 @@ THUMB_QUALITY = 75
 
 @dataclass(frozen=True)
 class Pair:
+    """One match on the page: ``image_id`` matched the earlier ``match_id`` with this verdict,
+    stage, calibrated score and the stage's distance (None where the verdict has none)."""
     image_id: str
     match_id: str
     verdict: str
@@ -46,6 +48,8 @@ class Pair:
 
 @dataclass
 class Group:
+    """A tenant's image (``root``, which matched nothing earlier) and every match that leads to it
+    through a chain of matches, in the order they were decided."""
     tenant: str
     root: str
     pairs: list[Pair] = field(default_factory=list)

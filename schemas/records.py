@@ -14,6 +14,8 @@ SCHEMA_VERSION = 1
 
 
 class VerdictLabel(str, Enum):
+    """What a verdict says of an image (the wire value of ``verdict``): unique (no decisive match),
+    exact_duplicate (same bytes), near_duplicate (pHash-close copy), variant (edited copy)."""
     UNIQUE = "unique"
     EXACT_DUPLICATE = "exact_duplicate"
     NEAR_DUPLICATE = "near_duplicate"
@@ -97,6 +99,9 @@ class ControlCommand:
 
 @dataclass(frozen=True)
 class ImageEvent:
+    """One image to check (an input record, v1/image_event.schema.json): its bytes in ``data`` or a
+    ``uri`` to fetch them from, in a tenant's namespace. Built from the wire by
+    ``parse_image_event`` (which raises Rejected); ``to_json`` writes what publishers send."""
     image_id: str
     tenant: str = "default"
     data: bytes | None = None
@@ -127,6 +132,9 @@ class ImageEvent:
 
 @dataclass(frozen=True)
 class Candidate:
+    """An earlier image a stage found: its calibrated score in [0, 1] (for a verdict's decisive
+    match, combined over the stages run) and the distance in the stage's unit (bits for the pHash
+    stages, cosine distance for the embedding, 0 for sha256)."""
     image_id: str
     stage: str
     score: float
@@ -135,6 +143,10 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Verdict:
+    """The outcome of one image event (v1/verdict.schema.json; the worker publishes it, scan
+    prints it): its label, the decisive match (``match_id``, ``stage``, ``score``, ``distance``;
+    None when unique), the best candidates, per-step timings in ms, and the event's metadata
+    echoed back. Times are ISO 8601 UTC strings."""
     image_id: str
     tenant: str
     verdict: VerdictLabel
@@ -174,6 +186,9 @@ class Verdict:
 
 @dataclass(frozen=True)
 class DeadLetter:
+    """An input that got no verdict (v1/dead_letter.schema.json), on the dead-letter topic: a stable
+    ``reason`` code, a human ``detail``, where the record was read and a redacted, base64 excerpt
+    of its payload (``payload_bytes`` long in all), so nothing is lost silently."""
     reason: Reason
     detail: str
     image_id: str | None
