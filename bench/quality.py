@@ -57,6 +57,9 @@ MIN_SET_IMAGES = 8      # fewer cannot fill every role of an evaluation set
 
 @dataclass(frozen=True)
 class Query:
+    """One query of an evaluation set: an encoded image, its ``family`` (the edit that made it,
+    or negative / lookalike: an unrelated image, edited or not), ``truth``, the index in
+    ``references`` of the image it copies (None for an unrelated one), and its source's kind."""
     image: ImageInput
     family: str             # the edit, "negative" (an edited unrelated image) or "lookalike"
     truth: int | None       # index of the true reference; None for a negative query
@@ -65,6 +68,8 @@ class Query:
 
 @dataclass(frozen=True)
 class EvalSet:
+    """Reference images to index and the queries run against them (see :func:`_eval_set`): every
+    copied reference has one query per edit family in ``families``."""
     references: list[ImageInput]
     queries: list[Query]
     families: list[str]

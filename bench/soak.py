@@ -303,6 +303,10 @@ class _PacedPublisher(threading.Thread):
 
 
 class Soak:
+    """One soak run: a collector reading verdicts and dead letters back into the ledger from the
+    start, then (optionally) :meth:`probe` for capacity, :meth:`run` at a paced rate in events/s
+    while sampling every SAMPLE_EVERY_S, and :meth:`stop`, which returns the worker's exit code.
+    Its ``samples`` are what the results table is made from."""
     def __init__(self, settings: Settings, traffic: Traffic, broker: EmbeddedBroker | None,
                  worker: WorkerProcess) -> None:
         ensure_topics(settings)

@@ -45,6 +45,8 @@ class TokenError(ValueError):
 
 @dataclass(frozen=True)
 class Token:
+    """One lookup token from ``api_tokens`` / ``api_tokens_file``: its secret (compared in constant
+    time, never logged or shown) and the tenants it may look up in (None: every tenant)."""
     secret: bytes
     tenants: frozenset[str] | None  # None: every tenant
 
@@ -105,6 +107,9 @@ def _token(spec: str, number: int) -> Token:
 
 
 class ApiError(Exception):
+    """A lookup answered with an error: the HTTP ``status``, a JSON ``body`` with a stable ``error``
+    code and a ``detail`` (plus the dead-letter ``reason`` for rejected input), and any headers
+    to send (WWW-Authenticate, Retry-After)."""
     def __init__(self, status: int, error: str, detail: str,
                  headers: Mapping[str, str] | None = None) -> None:
         super().__init__(detail)
@@ -124,6 +129,9 @@ class ApiError(Exception):
 
 @dataclass(frozen=True)
 class LookupRequest:
+    """What a lookup request says before its body is read (query and headers), enough for
+    :meth:`LookupService.admit` to refuse it cheaply; ``content_length`` in bytes, None when the
+    client did not declare one."""
     tenant: str
     top_k: int | None
     content_type: str

@@ -15,6 +15,10 @@ from dupwatch.settings import Settings
 
 
 class WorkerProcess:
+    """One ``dupwatch worker`` child process run with these settings (passed as ``DUPWATCH_*``
+    variables), its output appended to ``log_path``. ``stop`` sends SIGTERM so it leaves its group
+    and saves its state (SIGKILL after ``timeout_s``) and returns its exit code; ``wait_ready``
+    raises if it exits or is not ready in time. A context manager: stopped on exit."""
     def __init__(self, settings: Settings, log_path: Path | None = None) -> None:
         self.settings = settings
         self.log_path = log_path
