@@ -30,7 +30,7 @@ class EmbeddingBackend(Protocol):
     """The encoder behind one name, built by :func:`build` from :class:`BackendOptions`: ``embed``
     maps uint8 pixels (from :func:`pixels_of`) to ``dim`` float32 unit vectors, one per image, in
     order. ``device`` is where it actually runs. A backend that cannot be built raises
-    BackendError. Called by one thread at a time (the cascade's)."""
+    BackendError. The cascade calls it from one thread; a backend need not be thread-safe."""
     name: str
     device: str
     dim: int
