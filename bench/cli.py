@@ -241,7 +241,8 @@ def _soak(settings: Settings, args: argparse.Namespace) -> int:
     from dupwatch.bench.soak import run_soak_bench
     from dupwatch.messaging.kafka import require_broker
 
-    own_broker = args.bootstrap_servers is None  # only the flag, not DUPWATCH_*, means "soak that broker"
+    # Only the flag, not DUPWATCH_BOOTSTRAP_SERVERS, means "soak that broker" (see its help).
+    own_broker = args.bootstrap_servers is None
     if not own_broker:
         require_broker(settings)
     return run_soak_bench(settings, args.minutes, args.rate, args.warmup_minutes, args.images,

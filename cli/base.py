@@ -9,6 +9,7 @@ import argparse
 import sys
 from typing import Callable
 
+from dupwatch.imaging.files import ImageFile, image_files
 from dupwatch.settings import Settings
 
 # What a command runs once its arguments are parsed and its settings loaded: the exit status.
@@ -75,12 +76,11 @@ def add_paths_and_tenant(parser: argparse.ArgumentParser, tenant_help: str,
                         help=tenant_help)
 
 
-def image_files(paths: list[str], empty_allowed: bool = False) -> tuple[list[ImageFile], list[ImageFile]]:
+def select_files(paths: list[str],
+                 empty_allowed: bool = False) -> tuple[list[ImageFile], list[ImageFile]]:
     """The image files PATH names, their skipped neighbours reported on stderr; without
     ``empty_allowed``, empty files are left out and reported too: (files, empty ones)."""
-    from dupwatch.imaging.files import image_files as select
-
-    selection = select(paths)
+    selection = image_files(paths)
     files, skipped = selection.files, list(selection.skipped)
     empty = [] if empty_allowed else [f for f in files if f.path.stat().st_size == 0]
     skipped += [(f.path, "empty file: an event cannot carry it") for f in empty]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 from urllib.parse import urlencode, urlsplit
 
-from dupwatch.cli.base import Commands, add_paths_and_tenant, image_files
+from dupwatch.cli.base import Commands, add_paths_and_tenant, select_files
 from dupwatch.imaging.files import ImageFile
 from dupwatch.reporting.render import TablePrinter, print_jsonl
 from dupwatch.settings import Settings
@@ -53,7 +53,7 @@ def _lookup(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"dupwatch: {exc}", file=sys.stderr)
         return 2
-    files, empty = image_files(args.paths)
+    files, empty = select_files(args.paths)
     status = run_lookup(files, client, args.tenant, args.format, args.top_k)
     return 2 if empty else status
 

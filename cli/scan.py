@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dupwatch.cli.base import Commands, add_paths_and_tenant, image_files
+from dupwatch.cli.base import Commands, add_paths_and_tenant, select_files
 from dupwatch.settings import Settings
 
 
@@ -69,7 +69,7 @@ def _report_command(commands: Commands) -> None:
 def _scan(settings: Settings, args: argparse.Namespace) -> int:
     from dupwatch.pipeline.scan import in_order, run_scan
 
-    files, _ = image_files(args.paths, empty_allowed=True)  # scan dead-letters them, by name
+    files, _ = select_files(args.paths, empty_allowed=True)  # scan dead-letters them, by name
     if args.order != "given":
         files = in_order(files, args.order)
     output = args.format

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Iterable
 
-from dupwatch.cli.base import Commands, add_paths_and_tenant, image_files
+from dupwatch.cli.base import Commands, add_paths_and_tenant, select_files
 from dupwatch.settings import Settings
 
 if TYPE_CHECKING:  # loading the schemas (jsonschema) would slow every --help
@@ -88,7 +88,7 @@ def _publish(settings: Settings, args: argparse.Namespace) -> int:
     from dupwatch.messaging.publish import Publisher, file_events
     from dupwatch.reporting.progress import Progress, wanted
 
-    files, empty = image_files(args.paths)
+    files, empty = select_files(args.paths)
     require_broker(settings)
     ensure_topics(settings, only={settings.input_topic})
     publisher = Publisher(settings)
@@ -114,7 +114,7 @@ def _remove(settings: Settings, args: argparse.Namespace) -> int:
 def _bank_add(settings: Settings, args: argparse.Namespace) -> int:
     from dupwatch.schemas import ControlCommand
 
-    files, empty = image_files(args.paths)
+    files, empty = select_files(args.paths)
     _send_commands(settings, (ControlCommand("bank_add", args.tenant, [f.image_id],
                                              f.path.read_bytes()) for f in files),
                    total=len(files))
