@@ -2,7 +2,8 @@
 
 The benchmark modules are imported only by the handlers: they load FAISS, PyTorch, PIL and the
 Kafka clients (`bench index` alone takes seconds), which `dupwatch --help` must not wait for.
-Every benchmark writes its JSON results to --out (bench-NAME.json), added here once for all."""
+Options the benchmarks share come from one helper each: --out (every one's: bench-NAME.json)
+and the N,N lists of counts and sizes (a bad one is an argparse error, before anything starts)."""
 from __future__ import annotations
 
 import argparse
