@@ -1,4 +1,5 @@
-"""`dupwatch lookup`: ask a worker whether image files are already known (POST /v1/lookup).
+"""`dupwatch lookup`: ask a worker whether image files are already known (POST /v1/lookup); the
+command and its client.
 
 Each file is sent as it is (its bytes, never indexed by the worker) over one kept-alive HTTP
 connection; the answers print as a table or JSON lines. Exit status, as grep's: 0 when at
@@ -6,6 +7,7 @@ least one file matched an indexed image, 1 when none did, 2 when a lookup failed
 """
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
 import mimetypes
@@ -14,10 +16,46 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 from urllib.parse import urlencode, urlsplit
 
-from dupwatch.reporting.render import TablePrinter, print_jsonl
+from dupwatch.cli.base import Commands, add_paths_and_tenant, select_files
 from dupwatch.imaging.files import ImageFile
+from dupwatch.reporting.render import TablePrinter, print_jsonl
+from dupwatch.settings import Settings
 
 TIMEOUT_S = 60.0
+
+
+def register(commands: Commands) -> None:
+    """Add `dupwatch lookup`."""
+    lookup = commands.add("lookup", _lookup,
+                          "Ask a running worker whether image files are already known (never "
+                          "indexes them).",
+                          "Sends each file to the worker's POST /v1/lookup, which checks it with "
+                          "the worker's cascade against every image the tenant's index holds and "
+                          "answers as a verdict would, without indexing it. Files are chosen and "
+                          "named as by `dupwatch publish`. Needs a token the worker accepts "
+                          "(--token or DUPWATCH_TOKEN). Exit status: 0 when at least one file "
+                          "matched, 1 when none did, 2 when a lookup failed.")
+    add_paths_and_tenant(lookup, tenant_help="tenant whose images to compare with", required=True)
+    lookup.add_argument("--url", default="http://127.0.0.1:6066", metavar="URL",
+                        help="the worker's web address (its --web-port)")
+    lookup.add_argument("--format", choices=["table", "jsonl"], default="table",
+                        help="table: one row per file; jsonl: each answer in full, with 'file'")
+    lookup.add_argument("--top-k", type=int, default=None, metavar="N",
+                        help="candidates to list per answer (default: the worker's top_k)")
+
+
+def _lookup(settings: Settings, args: argparse.Namespace) -> int:
+    if not settings.token:
+        print("dupwatch: lookup needs a token: --token or DUPWATCH_TOKEN", file=sys.stderr)
+        return 2
+    try:
+        client = LookupClient(args.url, settings.token)
+    except ValueError as exc:
+        print(f"dupwatch: {exc}", file=sys.stderr)
+        return 2
+    files, empty = select_files(args.paths)
+    status = run_lookup(files, client, args.tenant, args.format, args.top_k)
+    return 2 if empty else status
 
 
 class LookupFailed(Exception):

@@ -82,6 +82,12 @@ def test_a_bad_setting_says_which_and_why() -> None:
     assert "top_k" in result.stderr and "many" in result.stderr
 
 
+def test_a_bad_list_of_numbers_says_which_and_why() -> None:
+    result = dupwatch("bench", "workers", "--counts", "1,x", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--counts: '1,x': expected whole numbers separated by commas" in result.stderr
+
+
 def test_the_readme_configuration_table_lists_every_setting() -> None:
     rows = re.findall(r"^\| `(--[a-z0-9-]+)` \| `(DUPWATCH_[A-Z0-9_]+)` \| `([^`]*)` \|",
                       README.read_text(), flags=re.M)
