@@ -22,9 +22,9 @@ from dupwatch.settings import Settings
 class PHashOptions:
     """The pHash stages' options (the ``phash_*`` settings); distances are in bits of the
     size^2-bit hash."""
-    size: int = 8                # grid side: size^2 bits
-    max_distance: int = 16       # beyond this a match is no evidence at all
-    near_distance: int = 8       # up to this a match is a near duplicate, beyond it a variant
+    size: int                    # grid side: size^2 bits
+    max_distance: int            # beyond this a match is no evidence at all
+    near_distance: int           # up to this the pHash calls a match a near duplicate
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ class BinaryIndex:
         self._next_id = 0
 
     def add(self, key: str, signal: bytes) -> None:
+        codes = self._as_rows(signal)[: self.indexed_codes]  # checked before the old one goes
         self.remove(key)
-        codes = self._as_rows(signal)[: self.indexed_codes]
         ids = np.arange(self._next_id, self._next_id + len(codes), dtype=np.int64)
         self._faiss.add_with_ids(codes, ids)
         self._id_by_key[key] = self._next_id

@@ -36,8 +36,10 @@ class Kind:
     load: Callable
     signal: Callable
     copy_distance: float = 0.0  # largest distance an exact copy may be found at
+    malformed: object = None    # a signal the kind refuses (None: it takes any)
 
 
+_WRONG_SIDE = np.ones(16, dtype=np.float32)
 # train_after=50: the compressed indexes train at the 50th add of _filled, so the tests below
 # cover them both before (a handful of keys, served flat) and after training.
 IVF = VectorIndexOptions("ivf-sq8", train_after=50, nprobe=1)
@@ -45,11 +47,13 @@ HNSW = VectorIndexOptions("hnsw-sq8", train_after=50)
 
 KINDS: dict[str, Kind] = {
     "exact": Kind(ExactIndex, ExactIndex.load, _digest),
-    "binary": Kind(lambda: BinaryIndex(64), BinaryIndex.load, _bits),
-    "vector-flat": Kind(lambda: VectorIndex(32), VectorIndex.load, _vector),
+    "binary": Kind(lambda: BinaryIndex(64), BinaryIndex.load, _bits, malformed=b"\x00" * 3),
+    "vector-flat": Kind(lambda: VectorIndex(32), VectorIndex.load, _vector, malformed=_WRONG_SIDE),
     # int8 codes: an exact copy comes back within ~1e-3 of distance 0, not at 0
-    "vector-ivf-sq8": Kind(lambda: VectorIndex(32, IVF), VectorIndex.load, _vector, 0.01),
-    "vector-hnsw-sq8": Kind(lambda: VectorIndex(32, HNSW), VectorIndex.load, _vector, 0.01),
+    "vector-ivf-sq8": Kind(lambda: VectorIndex(32, IVF), VectorIndex.load, _vector, 0.01,
+                           _WRONG_SIDE),
+    "vector-hnsw-sq8": Kind(lambda: VectorIndex(32, HNSW), VectorIndex.load, _vector, 0.01,
+                            _WRONG_SIDE),
 }
 
 
@@ -88,6 +92,17 @@ def test_adding_a_key_again_replaces_its_signal(kind) -> None:
     assert index.search(kind.signal(1000), 1)[0].key == "img-1"
     assert all(hit.key != "img-1" or hit.distance > kind.copy_distance
                for hit in index.search(kind.signal(1), 5))
+
+
+def test_a_malformed_signal_for_a_held_key_leaves_its_old_signal(kind) -> None:
+    if kind.malformed is None:
+        pytest.skip("this kind takes any signal (every byte string is a digest)")
+    index = _filled(kind)
+    with pytest.raises(ValueError):
+        index.add("img-1", kind.malformed)
+    assert len(index) == 50
+    hits = index.search(kind.signal(1), 1)
+    assert hits[0].key == "img-1" and hits[0].distance <= kind.copy_distance
 
 
 def test_ties_go_to_the_earliest_added(kind) -> None:
