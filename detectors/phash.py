@@ -10,7 +10,8 @@ bits is a near duplicate; further matches the cascade accepts are variants.
 
 Stage 2b, :class:`ReorientedPHashStage`: the same hash of the image turned by quarter turns
 and mirrored, against the indexed upright hashes. A pHash is not invariant to those, and the
-learned embedding is weakest on quarter turns; eight 64x64 DCTs cost about 7 ms on 2 busy cores (0.85 ms each, 0.13 ms at 32x32), a fraction of the embedding.
+learned embedding is weakest on quarter turns; eight 64x64 DCTs cost a fraction of the
+embedding (measured: docs/benchmarks.md, "Figures measured outside a bench command").
 """
 from __future__ import annotations
 
