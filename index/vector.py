@@ -29,8 +29,8 @@ into the compressed structure and serves from it from then on. The move is singl
 hnsw-sq8, because parallel graph insertion depends on thread timing; a worker adds one image
 at a time after that, so the same stream gives the same index. Training and moving happen once
 per index. A flat snapshot loaded with a compressed kind configured trains as soon as it holds
-enough vectors, so switching a deployment is a restart; an index that has trained stays compressed whatever is configured later (its full vectors are
-gone).
+enough vectors, so switching a deployment is a restart; an index that has trained stays
+compressed whatever is configured later (its full vectors are gone).
 
 FAISS ids encode the key's insertion order and the view number (order << VIEW_BITS | view),
 so a key's vectors are one id range (removed with one range selector) and the id-to-key map is
