@@ -16,7 +16,7 @@ from dupwatch.schemas import (
 from dupwatch.schemas.validation import SCHEMA_NAMES
 from dupwatch.settings import Settings
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 LIMITS = {"max_event_bytes": 1_000_000, "max_metadata_bytes": 1_000}
 
 

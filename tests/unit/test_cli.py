@@ -20,7 +20,7 @@ from dupwatch.settings import Settings
 from dupwatch.cli.main import _parser
 from dupwatch.locations import samples_dir
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 COMMANDS = [[], ["demo"], ["broker"], ["worker"], ["publish"], ["verdicts"], ["scan"], ["bench"],
             ["bench", "throughput"], ["bench", "soak"], ["bench", "embedding"], ["model", "export"]]
 
