@@ -20,7 +20,6 @@ from dupwatch.settings import Settings
 from dupwatch.cli.main import _parser
 from dupwatch.locations import samples_dir
 
-README = Path(__file__).resolve().parents[2] / "README.md"
 COMMANDS = [[], ["demo"], ["broker"], ["worker"], ["publish"], ["verdicts"], ["scan"], ["bench"],
             ["bench", "throughput"], ["bench", "soak"], ["bench", "embedding"], ["model", "export"]]
 
@@ -80,12 +79,6 @@ def test_a_bad_setting_says_which_and_why() -> None:
     result = dupwatch("scan", "--top-k", "many", str(samples_dir() / "originals"), check=False)
     assert result.returncode != 0
     assert "top_k" in result.stderr and "many" in result.stderr
-
-
-def test_the_readme_configuration_table_lists_every_setting() -> None:
-    rows = re.findall(r"^\| `(--[a-z0-9-]+)` \| `(DUPWATCH_[A-Z0-9_]+)` \| `([^`]*)` \|",
-                      README.read_text(), flags=re.M)
-    assert rows == [(flag, env, default) for flag, env, default, _ in Settings.reference_rows()]
 
 
 # -- scan names every file, skips nothing silently, and groups what it found
