@@ -21,3 +21,8 @@ def artifact(name: str) -> Path:
 def samples_dir() -> Path:
     """Folder of the bundled sample photos and their manifest."""
     return Path(str(resources.files("dupwatch").joinpath("samples")))
+
+
+def docs_page(name: str) -> Path:
+    """Path of the documentation page ``name`` in ``docs/`` (e.g. ``configuration.md``)."""
+    return Path(str(resources.files("dupwatch").joinpath("docs", name)))

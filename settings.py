@@ -122,7 +122,7 @@ class Settings:
     embedding_backend: str = _opt(
         "torch", "How the encoder runs: torch, onnx (ONNX Runtime, fp32) or onnx-int8 (int8, "
         "faster on CPUs, slightly different descriptors); the onnx ones need `dupwatch model "
-        "export` first. README: Embedding speed.", "detection",
+        "export` first; speed: docs/benchmarks.md.", "detection",
         used_by=ENCODER_USERS - {"model export"})
     export_dir: str = _opt(
         "", "Folder of the ONNX exports, made by `dupwatch model export` (empty: "
@@ -131,10 +131,10 @@ class Settings:
         0, "CPU threads for the encoder (0: the backend's default, one per core).", "detection",
         used_by=ENCODER_USERS)
     vector_index: str = _opt(
-        "flat", "Embedding index of each tenant: flat (exact; search time grows with the index: "
-        "~80 ms at 1M images), hnsw-sq8 (graph of int8 codes: ~1-3 ms at any size, best recall; "
-        "removals are filtered tombstones) or ivf-sq8 (int8 inverted file: least memory, lower "
-        "recall). README: Choosing the vector index.", "detection", used_by=VECTOR_INDEX_USERS)
+        "flat", "Embedding index of each tenant: flat (exact; search time grows with the index), "
+        "hnsw-sq8 (graph of int8 codes: fast at any size, best recall; removals are filtered "
+        "tombstones) or ivf-sq8 (int8 inverted file: least memory, lower recall). Measured "
+        "latency, recall and memory: docs/benchmarks.md.", "detection", used_by=VECTOR_INDEX_USERS)
     vector_train_after: int = _opt(
         200_000, "hnsw-sq8 / ivf-sq8: vectors an index serves exactly (flat) before it trains on "
         "them and switches, once; ivf-sq8 makes one list per 50 of them.", "detection",
@@ -308,7 +308,7 @@ class Settings:
 
     @classmethod
     def reference_rows(cls) -> list[tuple[str, str, str, str]]:
-        """(flag, env var, default, help) for every setting: the README's configuration table."""
+        """(flag, env var, default, help) for every setting: docs/configuration.md's rows."""
         return [("--" + f.name.replace("_", "-"), ENV_PREFIX + f.name.upper(), _shown_default(f),
                  f.metadata["help"]) for f in dataclasses.fields(cls)]
 

@@ -186,8 +186,8 @@ def _index_command(benches: Commands) -> None:
                         "memory per vector (RSS growth and snapshot size), bulk and single add "
                         "rates, training time, one-query search p50/p99 (DUPWATCH_SEARCH_THREADS "
                         "threads, default 1) and recall@10 against exact search. Writes FILE and "
-                        "a markdown table beside it (FILE with .md). 10M vectors need about 5 GB "
-                        "(ivf-sq8), 8 GB (hnsw-sq8) or 13 GB (flat) of memory.")
+                        "a markdown table beside it (FILE with .md). The memory 10M vectors need: "
+                        "docs/benchmarks.md.")
     _add_numbers(index, "--sizes", "100000,1000000", "index sizes in vectors")
     index.add_argument("--options", default="flat,hnsw-sq8,ivf-sq8", metavar="NAME,NAME",
                        help="index options to measure (flat, hnsw-sq8, ivf-sq8)")

@@ -55,7 +55,7 @@ def run_embedding_bench(settings: Settings, backends: list[str], batch_sizes: li
 
 
 def profile_table(results: dict) -> str:
-    """Steps down, backends across, as in the README."""
+    """Steps down, backends across, as in docs/benchmarks.md."""
     names = list(results["backends"])
     data = [results["backends"][name] for name in names]
     rows = [[step] + [f"{d['profile_ms_per_image'][step]:.2f}" for d in data]

@@ -58,8 +58,8 @@ def scan_bomb(side: int = 7000, scans: int = 3000) -> bytes:
     Pillow writes a progressive JPEG of a smooth picture; then, by byte surgery on its markers,
     the first AC scan (SOS header and entropy-coded data: about 75 bytes) is repeated after
     itself. Decoders accept the repeats (libjpeg warns, then decodes each one), and each costs a
-    pass over every block of the picture: at 7000 x 7000, about 4 ms of CPU, so 3,000 repeats
-    in 690 KB cost about 12 s here, even at 1/8 scale.
+    pass over every block of the picture, so thousands of repeats in a few hundred KB cost
+    seconds of CPU, even at 1/8 scale (measured: docs/benchmarks.md, "Hostile input").
     """
     picture = Image.linear_gradient("L").resize((side, side)).convert("RGB")
     buffer = io.BytesIO()

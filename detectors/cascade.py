@@ -20,8 +20,8 @@ CALIBRATION_FILE = artifact("calibration.json")
 # The image id a lookup is checked under: no event has it (the schema asks for one character at
 # least), so a lookup is never taken for a re-delivery and hides no indexed image from itself.
 LOOKUP_ID = ""
-# Images per call of a batched stage (the embedding): a batch of 16 already runs about twice as
-# fast per image as one by one (README: embedding speed), and between calls the cascade may
+# Images per call of a batched stage (the embedding): a batch of 16 already runs much faster per
+# image than one by one (docs/benchmarks.md, embedding speed), and between calls the cascade may
 # pause for waiting lookups (see ``pause_point``), so a lookup waits for at most 16 of a
 # stream batch's images, not all of them.
 DESCRIBE_CHUNK = 16

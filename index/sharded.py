@@ -549,4 +549,4 @@ def refuse_in_memory_snapshot(state_dir: Path) -> None:
             f"{old} is an index snapshot of dupwatch's old in-memory store, which workers no "
             "longer keep (their index is the changelog-backed shards). Its images are not in "
             "the changelog: re-publish them (dupwatch publish) to this worker, then move "
-            f"{state_dir}'s old files aside (README: Migrating from the in-memory store)")
+            f"{state_dir}'s old files aside (docs/operations.md: Migrating from the in-memory store)")

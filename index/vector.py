@@ -5,32 +5,32 @@ a search with several query vectors returns each key once, at its best view-to-v
 Distances are cosine distances, 1 - cosine similarity, so that lower is closer as in every index.
 
 Three structures, chosen by :class:`VectorIndexOptions` (the ``vector_index`` setting);
-``dupwatch bench index`` measures them and README "Choosing the vector index" compares them:
+``dupwatch bench index`` measures them; their figures (latency, recall, memory, add rates) have
+one home, docs/benchmarks.md "Vector indexes":
 
 - ``flat``: every vector in full (4 bytes a dimension), compared with every query: exact, and
-  search time grows with the index (p99 7 ms at 100k vectors, 77 ms at 1M, on one core).
+  search time grows with the index.
 - ``hnsw-sq8``: a graph of the vectors (FAISS ``HNSW32,SQ8``: 32 links a vector, vectors kept as
-  int8 codes, one byte a dimension) walked from the top: p99 1-2 ms at 1M and recall@10 0.98
-  even where neighbourhoods are diffuse, but it cannot delete: a removed key's vectors stay
-  in the graph, filtered out of every search (tombstones), their memory kept until the index
-  is rebuilt; and bulk adds are slow (4-7k vectors/s on 2 cores).
+  int8 codes, one byte a dimension) walked from the top: fast at any size and the best
+  recall, even where neighbourhoods are diffuse, but it cannot delete: a removed key's vectors
+  stay in the graph, filtered out of every search (tombstones), their memory kept until the index
+  is rebuilt; and bulk adds are slow.
 - ``ivf-sq8``: an inverted file of int8 codes (FAISS ``IVF<lists>,SQ8``): a k-means partition
   into lists, and a search that scans only the ``nprobe`` lists nearest the query. The least
-  memory and true deletion, but on diffuse data it misses more true neighbours (recall@10 0.70
-  at 10M), though it still finds 99.8 % of near copies first.
+  memory and true deletion, but on diffuse data it misses more true neighbours, though it
+  still finds near copies first.
 
-int8 distances stay within about 0.003 of the exact cosine, so the calibrated scores still hold.
+int8 distances stay close to the exact cosine, so the calibrated scores still hold.
 
 The compressed structures learn from the stream itself: they start flat and serve exact answers
 until the index holds ``train_after`` vectors; the add that reaches that count trains on all
 of them (int8 ranges; for ivf-sq8 also the k-means lists, with FAISS's fixed seed), moves them
 into the compressed structure and serves from it from then on. The move is single-threaded for
 hnsw-sq8, because parallel graph insertion depends on thread timing; a worker adds one image
-at a time after that, so the same stream gives the same index. Training and moving take about
-a minute at the default 200k, once per index. A flat snapshot loaded with a compressed kind
-configured trains as soon as it holds enough vectors, so switching a deployment is a restart;
-an index that has trained stays compressed whatever is configured later (its full vectors are
-gone).
+at a time after that, so the same stream gives the same index. Training and moving happen once
+per index. A flat snapshot loaded with a compressed kind configured trains as soon as it holds
+enough vectors, so switching a deployment is a restart; an index that has trained stays
+compressed whatever is configured later (its full vectors are gone).
 
 FAISS ids encode the key's insertion order and the view number (order << VIEW_BITS | view),
 so a key's vectors are one id range (removed with one range selector) and the id-to-key map is

@@ -30,8 +30,8 @@ from dupwatch.pipeline.processor import InputRecord, Pending, Processor
 # holding image data count against a smaller window, two batches (see Pipeline._full).
 MAX_WAITING_EVENTS = 1024
 # How long a batch waits for events still being fetched or decoded before it goes without
-# them: long enough for the usual fetch and decode (the embedding runs about twice as fast per
-# image in a batch of 16 as one by one: the README's embedding speed figures), short against
+# them: long enough for the usual fetch and decode (the embedding runs faster per image in a
+# batch than one by one: docs/benchmarks.md, embedding speed), short against
 # the time budgets of the slow ones, which then follow in a later batch.
 GATHER_S = 0.5
 

@@ -9,7 +9,7 @@ coverage; Pillow's C decoders are exercised but not instrumented.
     pip install atheris            # Linux x86_64 wheels; see pyproject's test extra
     python tests/fuzz/fuzz_inputs.py -runs=200000 -max_len=20000 -timeout=20 CORPUS_DIR
 
-tests/test_fuzz.py runs it for a few thousand inputs on a seed corpus it writes (one small
+tests/fuzz/test_fuzz.py runs it for a few thousand inputs on a seed corpus it writes (one small
 image per format and mode, animations, bombs, events).
 """
 import sys

@@ -20,7 +20,6 @@ from dupwatch.settings import Settings
 from dupwatch.cli.main import _parser
 from dupwatch.locations import samples_dir
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 COMMANDS = [[], ["demo"], ["broker"], ["worker"], ["publish"], ["verdicts"], ["scan"], ["bench"],
             ["bench", "throughput"], ["bench", "soak"], ["bench", "embedding"], ["model", "export"]]
 
@@ -86,12 +85,6 @@ def test_a_bad_list_of_numbers_says_which_and_why() -> None:
     result = dupwatch("bench", "workers", "--counts", "1,x", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--counts: '1,x': expected whole numbers separated by commas" in result.stderr
-
-
-def test_the_readme_configuration_table_lists_every_setting() -> None:
-    rows = re.findall(r"^\| `(--[a-z0-9-]+)` \| `(DUPWATCH_[A-Z0-9_]+)` \| `([^`]*)` \|",
-                      README.read_text(), flags=re.M)
-    assert rows == [(flag, env, default) for flag, env, default, _ in Settings.reference_rows()]
 
 
 # -- scan names every file, skips nothing silently, and groups what it found

@@ -25,7 +25,7 @@ from dupwatch.locations import samples_dir
 
 pytestmark = pytest.mark.broker
 ORIGINALS = samples_dir() / "originals"
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 DUPWATCH = [sys.executable, "-m", "dupwatch"]
 
 

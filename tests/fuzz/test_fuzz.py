@@ -30,7 +30,7 @@ from dupwatch.locations import samples_dir
 
 FUZZ = settings(max_examples=600, deadline=None, derandomize=True,
                 suppress_health_check=list(HealthCheck))
-HARNESS = Path(__file__).parent / "fuzz" / "fuzz_inputs.py"
+HARNESS = Path(__file__).parent / "fuzz_inputs.py"
 ATHERIS_RUNS = 3000
 
 

@@ -57,7 +57,7 @@ def _heavy_edits(sample: Sample, expected: dict) -> list[ImageEvent]:
     """Rotated, cropped and overlaid copies: only the embedding stage can find these."""
     photo = Image.open(sample.file.path).convert("RGB")
     rng = random.Random(11)
-    # A tilted photo; quarter turns are the encoder's weakest family (README: quality table).
+    # A tilted photo; quarter turns are the encoder's weakest family (artifacts/MODEL_CARD.md: quality).
     edits = {"rotated": augment.rotate(photo, rng), "cropped": augment.crop(photo, rng),
              "overlaid": _overlaid(photo, rng)}
     events = []
@@ -88,7 +88,7 @@ def _assert_found(verdict: dict, family: frozenset) -> None:
 
 def _overlaid(photo: Image.Image, rng: random.Random) -> Image.Image:
     """Captions and stickers on top (a light overlay stays a near duplicate). Fixed seed: the
-    benchmark, not this test, says how often overlays are found (sticker family, README)."""
+    benchmark, not this test, says how often overlays are found (sticker family, artifacts/MODEL_CARD.md)."""
     for _ in range(2):
         photo = augment.sticker(augment.text(photo, rng), rng)
     return photo

@@ -4,11 +4,11 @@ from __future__ import annotations
 import base64
 import json
 import re
-from pathlib import Path
 
 import pytest
 
 from dupwatch.detectors import build_cascade
+from dupwatch.locations import docs_page
 from dupwatch.schemas import (
     DeadLetter, Reason, Rejected, Verdict, VerdictLabel, parse_image_event, schema, utc_now,
     validate,
@@ -16,13 +16,13 @@ from dupwatch.schemas import (
 from dupwatch.schemas.validation import SCHEMA_NAMES
 from dupwatch.settings import Settings
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+WIRE_FORMATS = docs_page("wire-formats.md")
 LIMITS = {"max_event_bytes": 1_000_000, "max_metadata_bytes": 1_000}
 
 
-def _readme_examples() -> list[tuple[str, str]]:
-    """(schema name, JSON text) for each README block tagged <!-- example: NAME -->."""
-    text = README.read_text()
+def _documented_examples() -> list[tuple[str, str]]:
+    """(schema name, JSON text) for each docs/wire-formats.md block tagged <!-- example: NAME -->."""
+    text = WIRE_FORMATS.read_text()
     return re.findall(r"<!-- example: (\w+) -->\s*```json\n(.*?)```", text, flags=re.S)
 
 
@@ -34,8 +34,8 @@ def test_schema_documents_own_examples_validate(name: str) -> None:
         assert validate(name, example) == []
 
 
-def test_every_readme_example_validates() -> None:
-    examples = _readme_examples()
+def test_every_documented_example_validates() -> None:
+    examples = _documented_examples()
     assert {name for name, _ in examples} == set(SCHEMA_NAMES)
     for name, text in examples:
         assert validate(name, json.loads(text)) == [], text

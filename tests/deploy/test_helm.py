@@ -28,7 +28,7 @@ helm = pytest.importorskip(
 kubernetes_validate = pytest.importorskip(
     "kubernetes_validate", reason="kubernetes-validate is not installed: pip install -e '.[test]'")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "dupwatch"
 DASHBOARD = CHART / "dashboards" / "dupwatch.json"
 RULES = CHART / "alerts" / "dupwatch.rules.yaml"
@@ -285,7 +285,7 @@ def test_the_chart_ships_the_dashboard_and_the_rules_unchanged() -> None:
 def test_the_alert_rules_pass_their_promtool_unit_tests() -> None:
     subprocess.run([PROMTOOL, "check", "rules", str(RULES)], check=True, capture_output=True)
     result = subprocess.run([PROMTOOL, "test", "rules", "dupwatch.rules.test.yaml"],
-                            cwd=ROOT / "tests" / "alerts", capture_output=True, text=True)
+                            cwd=ROOT / "tests" / "deploy" / "alerts", capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
