@@ -56,6 +56,42 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError("misfiled tests:\n  " + "\n  ".join(misfiled))
 
 
+# Tests write into tmp_path, never into the working directory or the repository: a run that
+# leaves something there fails (pytest's own cache and bytecode folders aside).
+LEFT_BEHIND = pytest.StashKey[set[Path]]()
+LEFT_BEHIND_REPORT = pytest.StashKey[list[str]]()
+PYTEST_OWN = {".pytest_cache", "__pycache__"}
+
+
+def _entries(folders: set[Path]) -> set[Path]:
+    return {entry for folder in folders for entry in folder.iterdir()
+            if entry.name not in PYTEST_OWN}
+
+
+def _watched() -> set[Path]:
+    return {TESTS.parent.resolve(), Path.cwd().resolve()}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[LEFT_BEHIND] = _entries(_watched())
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    left = sorted(_entries(_watched()) - session.config.stash.get(LEFT_BEHIND, set()))
+    session.config.stash[LEFT_BEHIND_REPORT] = [str(entry) for entry in left]
+    if left:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    left = config.stash.get(LEFT_BEHIND_REPORT, [])
+    if left:
+        terminalreporter.write_line(
+            "FAILED: the tests left files in the working directory or the repository (write "
+            "into tmp_path):\n  " + "\n  ".join(left), red=True)
+
+
 def _docker_unreachable_reason() -> str | None:
     try:
         import docker

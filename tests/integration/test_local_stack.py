@@ -175,6 +175,20 @@ def test_a_worker_logs_its_start_and_rebalances_in_plain_text(stream_settings: S
     assert "\x1b" not in log
 
 
+
+def test_a_worker_writes_nothing_into_its_working_directory(
+        stream_settings: Settings, worker_factory, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faust's data directory defaults to '<app id>-data/' under the working directory: each
+    worker left an empty '<group id>-data/v1/tables' there (the repository root, for tests)."""
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)  # the worker process inherits it
+    worker = worker_factory(stream_settings)
+    worker.wait_ready()
+    assert worker.stop() == 0
+    assert sorted(path.name for path in workdir.iterdir()) == []
+
 # `pip install dupwatch` without the embedding extra: no PyTorch to import.
 WITHOUT_TORCH = [sys.executable, "-c",
                  "import sys\n"
