@@ -13,8 +13,10 @@ import faulthandler
 import logging
 import signal
 import socket
+import tempfile
 import time
 from concurrent.futures import Executor
+from pathlib import Path
 from typing import Any, Iterable
 
 import faust
@@ -49,9 +51,13 @@ GAUGE_REFRESH_S = 5.0
 
 
 def create_app(settings: Settings, processor: Processor, executor: CascadeThread,
-               shards: ShardServer | None = None, tokens: Tokens | None = None) -> faust.App:
+               datadir: Path, shards: ShardServer | None = None,
+               tokens: Tokens | None = None) -> faust.App:
+    """datadir: where Faust makes its (empty: tables live in memory) data folders; its default,
+    '<group id>-data' under the working directory, left one behind wherever a worker ran."""
     app = faust.App(
         settings.group_id,
+        datadir=datadir,
         broker=[f"kafka://{server}" for server in settings.bootstrap_list],
         broker_credentials=faust_credentials(settings),
         store="memory://",
@@ -256,7 +262,9 @@ def run_worker(settings: Settings) -> None:
     cascade.store = client = ShardClient(settings, local=shards)
     executor = CascadeThread()
     cascade.pause_point = executor.run_urgent  # lookups waiting go between a batch's steps
-    app = create_app(settings, Processor(settings, cascade), executor, shards, tokens)
+    faust_dir = tempfile.TemporaryDirectory(prefix="dupwatch-faust-")
+    app = create_app(settings, Processor(settings, cascade), executor, Path(faust_dir.name),
+                     shards, tokens)
     worker = faust.Worker(app, quiet=True, override_logging=False)
     worker.spinner = None  # it writes cursor codes, even into a file
     try:
@@ -266,6 +274,7 @@ def run_worker(settings: Settings) -> None:
         executor.shutdown(wait=True)
         client.close()
         shards.stop()  # snapshots its shards into state_dir
+        faust_dir.cleanup()
     shards.check_alive()
 
 

@@ -6,10 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-pytestmark = pytest.mark.slow
-
 
 def test_index_bench_measures_every_option_against_exact_search(tmp_path: Path) -> None:
     out = tmp_path / "bench-index.json"

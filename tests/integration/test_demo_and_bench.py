@@ -7,10 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-pytestmark = pytest.mark.slow
-
 
 def test_demo_prints_a_verdict_for_every_sample_and_exits_cleanly(samples) -> None:
     result = subprocess.run([sys.executable, "-m", "dupwatch", "demo"], capture_output=True,

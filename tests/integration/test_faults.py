@@ -26,7 +26,6 @@ from dupwatch.messaging.kafka import ensure_topics
 from dupwatch.messaging.publish import Publisher
 from dupwatch.imaging.samples import Sample
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 EVENTS = 150
 RATE_PER_S = 25.0      # slow enough that the faults below land while events still flow

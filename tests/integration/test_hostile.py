@@ -27,7 +27,6 @@ from dupwatch.messaging.publish import Publisher
 from dupwatch.imaging.samples import Sample
 from dupwatch.streams.worker_process import WorkerProcess
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
 SLOW_SOURCES = 128
 
 

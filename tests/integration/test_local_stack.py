@@ -23,7 +23,6 @@ from dupwatch.messaging.kafka import ensure_topics
 from dupwatch.messaging.publish import Publisher
 from dupwatch.locations import samples_dir
 
-pytestmark = pytest.mark.broker
 ORIGINALS = samples_dir() / "originals"
 README = Path(__file__).resolve().parents[2] / "README.md"
 DUPWATCH = [sys.executable, "-m", "dupwatch"]
@@ -156,7 +155,6 @@ def _produce(settings: Settings, documents: list[dict]) -> None:
     publisher.close()
 
 
-@pytest.mark.slow
 def test_a_worker_logs_its_start_and_rebalances_in_plain_text(stream_settings: Settings,
                                                               worker_factory) -> None:
     worker = worker_factory(stream_settings)  # its output goes to a file, not a terminal
@@ -176,6 +174,20 @@ def test_a_worker_logs_its_start_and_rebalances_in_plain_text(stream_settings: S
     assert re.search(consumes, log)
     assert "\x1b" not in log
 
+
+
+def test_a_worker_writes_nothing_into_its_working_directory(
+        stream_settings: Settings, worker_factory, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faust's data directory defaults to '<app id>-data/' under the working directory: each
+    worker left an empty '<group id>-data/v1/tables' there (the repository root, for tests)."""
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)  # the worker process inherits it
+    worker = worker_factory(stream_settings)
+    worker.wait_ready()
+    assert worker.stop() == 0
+    assert sorted(path.name for path in workdir.iterdir()) == []
 
 # `pip install dupwatch` without the embedding extra: no PyTorch to import.
 WITHOUT_TORCH = [sys.executable, "-c",
@@ -215,7 +227,6 @@ def _readme_commands() -> list[str]:
     return re.findall(r"^```(?:bash|sh)\n(dupwatch [^\n]+)\n", section, flags=re.M)
 
 
-@pytest.mark.slow
 def test_the_readme_runs_the_stack_in_four_commands(tmp_path: Path, samples) -> None:
     broker_cmd, worker_cmd, verdicts_cmd, publish_cmd = _readme_commands()[:4]
     env = {"DUPWATCH_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",

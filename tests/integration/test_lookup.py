@@ -36,7 +36,6 @@ from dupwatch.messaging.publish import Publisher, file_events
 from dupwatch.imaging.samples import Sample, in_upload_order
 from dupwatch.streams.worker_process import WorkerProcess
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
 ALL = "all-tenants-" + "a" * 24
 OTHER_ONLY = "other-only-" + "b" * 24
 MAX_BYTES = 1_000_000

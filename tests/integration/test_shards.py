@@ -31,7 +31,6 @@ from dupwatch.index.sharded import ShardClient, ShardServer, apply
 from dupwatch.messaging.broker import free_port
 from dupwatch.streams.worker_process import WorkerProcess
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
 SHARDS = 3
 
 

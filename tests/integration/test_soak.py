@@ -6,10 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
-
 
 def test_a_short_soak_answers_every_event_and_writes_its_series(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"

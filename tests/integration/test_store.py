@@ -18,8 +18,6 @@ from dupwatch.messaging.kafka import ensure_topics
 from dupwatch.messaging.publish import Publisher, file_events
 from dupwatch.imaging.samples import Sample, in_upload_order
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
-
 
 def _publish(settings: Settings, events: list[ImageEvent]) -> None:
     publisher = Publisher(settings)

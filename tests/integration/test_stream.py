@@ -31,7 +31,6 @@ from dupwatch.locations import samples_dir
 from dupwatch.imaging.files import ImageFile
 from dupwatch.streams.worker_process import WorkerProcess
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
 MAX_EVENT_BYTES = 1_000_000
 
 

@@ -4,8 +4,6 @@ scan's batching changes no verdict."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -128,15 +126,6 @@ def test_the_model_knows_its_backend(export_dir) -> None:
     model = EmbeddingModel.load(backend="onnx-int8", export_dir=export_dir)
     assert model.version.endswith("+onnx-int8") and model.dim == 256
     assert EmbeddingModel.load().version.startswith("encoder-v3+")
-
-
-def test_scan_without_an_export_says_how_to_make_one(tmp_path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "dupwatch", "scan", "--embedding-backend", "onnx",
-         "--export-dir", str(tmp_path), str(samples_dir() / "originals")],
-        capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0
-    assert f"run `dupwatch model export --export-dir {tmp_path}`" in result.stderr
 
 
 def test_scan_batches_change_no_verdict(export_dir, tmp_path) -> None:

@@ -1,10 +1,9 @@
-"""The command line as a user runs it: help everywhere, scan, settings from env and flags.
+"""The command line as a user runs it: help everywhere, scan, a bad setting.
 
-The commands that need a broker are tested in test_local_stack.py."""
+Settings from env and flags are checked in-process in tests/unit/test_settings.py; the commands
+that need a broker are tested in test_local_stack.py."""
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import re
 import shutil
@@ -17,7 +16,6 @@ from PIL import Image
 
 from dupwatch.schemas import validate
 from dupwatch.settings import Settings
-from dupwatch.cli.main import _parser
 from dupwatch.locations import samples_dir
 
 COMMANDS = [[], ["demo"], ["broker"], ["worker"], ["publish"], ["verdicts"], ["scan"], ["bench"],
@@ -62,17 +60,6 @@ def test_scan_reports_a_broken_file_and_carries_on(tmp_path: Path, samples) -> N
     assert result.returncode == 1
     assert first["reason"] == "decode_failed" and validate("dead_letter", first) == []
     assert second["verdict"] == "unique"
-
-
-def test_flags_override_environment_which_overrides_defaults() -> None:
-    env = {"DUPWATCH_PHASH_MAX_DISTANCE": "6", "DUPWATCH_URI_ROOTS": "/a,/b",
-           "DUPWATCH_WEB_ENABLED": "yes", "DUPWATCH_TOP_K": "4"}
-    args = argparse.Namespace(top_k="2", phash_max_distance=None)
-    settings = Settings.load(env=env, args=args)
-    assert (settings.phash_max_distance, settings.uri_roots, settings.web_enabled,
-            settings.top_k) == (6, ["/a", "/b"], True, 2)
-    assert Settings.load(env={}).phash_max_distance == Settings().phash_max_distance
-    assert Settings.load(env=Settings(top_k=9).to_env()) == Settings(top_k=9, worker_name=Settings().worker_name)
 
 
 def test_a_bad_setting_says_which_and_why() -> None:
@@ -176,24 +163,6 @@ def test_scan_groups_duplicates_and_keeps_the_best_file_of_each(originals_and_ed
 
 
 # -- --help: each command its own options, with their defaults
-
-
-def _subcommands(parser: argparse.ArgumentParser,
-                 prefix: str = "") -> dict[str, argparse.ArgumentParser]:
-    found = {}
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                full = f"{prefix} {name}".strip()
-                found[full] = sub
-                found.update(_subcommands(sub, full))
-    return found
-
-
-def test_every_setting_names_commands_that_exist() -> None:
-    commands = set(_subcommands(_parser()))
-    for f in dataclasses.fields(Settings):
-        assert f.metadata["used_by"] <= commands, (f.name, f.metadata["used_by"] - commands)
 
 
 def test_help_lists_only_the_options_a_command_uses_with_their_defaults() -> None:
