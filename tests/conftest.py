@@ -56,11 +56,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError("misfiled tests:\n  " + "\n  ".join(misfiled))
 
 
-# Tests write into tmp_path, never into the working directory or the repository: a run that
-# leaves something there fails (pytest's own cache and bytecode folders aside).
+# Tests write into tmp_path, never into the working directory or the repository: a run after
+# which either holds a new entry fails. Only the names at the top are compared, so editing
+# files meanwhile is fine; the tools' own caches (pytest's, hypothesis's example database,
+# bytecode) are not litter.
 LEFT_BEHIND = pytest.StashKey[set[Path]]()
 LEFT_BEHIND_REPORT = pytest.StashKey[list[str]]()
-PYTEST_OWN = {".pytest_cache", "__pycache__"}
+PYTEST_OWN = {".pytest_cache", ".hypothesis", "__pycache__"}
 
 
 def _entries(folders: set[Path]) -> set[Path]:
