@@ -1,13 +1,11 @@
-"""Settings from env and flags, and every setting names commands that exist: in-process.
-
-The command line run as a user runs it is in tests/integration/test_cli.py."""
+"""Settings from env and flags, in-process. Which commands read each setting is checked with
+the configuration page (test_configuration_doc.py); the command line run as a user runs it is
+in tests/integration/test_cli.py."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from dupwatch.settings import Settings
-from dupwatch.cli.main import _parser
 
 
 def test_flags_override_environment_which_overrides_defaults() -> None:
@@ -20,20 +18,3 @@ def test_flags_override_environment_which_overrides_defaults() -> None:
     assert Settings.load(env={}).phash_max_distance == Settings().phash_max_distance
     assert Settings.load(env=Settings(top_k=9).to_env()) == Settings(top_k=9, worker_name=Settings().worker_name)
 
-
-def _subcommands(parser: argparse.ArgumentParser,
-                 prefix: str = "") -> dict[str, argparse.ArgumentParser]:
-    found = {}
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                full = f"{prefix} {name}".strip()
-                found[full] = sub
-                found.update(_subcommands(sub, full))
-    return found
-
-
-def test_every_setting_names_commands_that_exist() -> None:
-    commands = set(_subcommands(_parser()))
-    for f in dataclasses.fields(Settings):
-        assert f.metadata["used_by"] <= commands, (f.name, f.metadata["used_by"] - commands)
