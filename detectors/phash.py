@@ -6,7 +6,7 @@ its JPEG copy (on the calibration sources the nearest distinct document page was
 6 of 64 bits, at 256 bits no nearer than 40, with copies within 18; `dupwatch bench quality`
 figures in artifacts/MODEL_CARD.md). Scores are calibrated (see calibration.py) and are 0 beyond
 ``max_distance`` bits, a cap against trusting look-alikes. A match within ``near_distance``
-bits is a near duplicate; further matches the cascade accepts are variants.
+bits is labelled a near duplicate even when a later stage settled it (Cascade._label).
 
 Stage 2b, :class:`ReorientedPHashStage`: the same hash of the image turned by quarter turns
 and mirrored, against the indexed upright hashes. A pHash is not invariant to those, and the
