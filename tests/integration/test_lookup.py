@@ -42,10 +42,13 @@ MAX_BYTES = 1_000_000
 
 
 class _Source(BaseHTTPRequestHandler):
-    """/held: headers and one byte of a body, then nothing until ``release`` is set."""
+    """/held: headers and one byte of a body, then nothing until ``release`` is set;
+    ``requested`` is set once the worker has asked for it."""
     release = threading.Event()
+    requested = threading.Event()
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.requested.set()
         self.send_response(200)
         self.send_header("Content-Length", "1000")
         self.end_headers()
@@ -277,21 +280,21 @@ def test_422_says_the_dead_letter_reason(worker: Worker, data: bytes, reason: st
 
 
 def test_503_with_retry_after_when_lookups_are_full(worker: Worker, samples) -> None:
+    _Source.requested.clear()
+    _Source.release.clear()  # set by an earlier worker's teardown (the other broker's run)
     held = ImageEvent("held", "shop", uri=f"{worker.source_url}/held").to_json()
     first: dict[str, Any] = {}
     holder = threading.Thread(target=lambda: first.update(zip(
         ("status", "body"), worker.status_of(held, content_type="application/json"))))
     holder.start()
-    deadline = time.monotonic() + 30
-    while True:  # until the worker has taken the held lookup (its one place)
-        connection = http.client.HTTPConnection("127.0.0.1", worker.settings.web_port, timeout=30)
-        connection.request("POST", "/v1/lookup?tenant=shop", body=samples[0].file.path.read_bytes(),
-                           headers={"Authorization": f"Bearer {ALL}", "Content-Type": "image/jpeg"})
-        response = connection.getresponse()
-        body = json.loads(response.read())
-        if response.status == 503 or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    # Probe only once the held lookup is fetching, so it holds the one place: a probe sent
+    # earlier could take the place first and leave the held lookup the 503.
+    assert _Source.requested.wait(30), f"the worker never fetched the held source: {first}"
+    connection = http.client.HTTPConnection("127.0.0.1", worker.settings.web_port, timeout=30)
+    connection.request("POST", "/v1/lookup?tenant=shop", body=samples[0].file.path.read_bytes(),
+                       headers={"Authorization": f"Bearer {ALL}", "Content-Type": "image/jpeg"})
+    response = connection.getresponse()
+    body = json.loads(response.read())
     assert response.status == 503 and body["error"] == "overloaded", first
     assert int(response.getheader("Retry-After")) >= 1
     _Source.release.set()
