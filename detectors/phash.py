@@ -77,8 +77,7 @@ class ReorientedPHashStage(PHashStage):
         # One DCT for all eight views: turning or mirroring the shrunk picture only transposes
         # the DCT's coefficients or flips the sign of its odd frequencies, so each view's hash
         # is the one imagehash would give the turned picture (a test compares them), at an
-        # eighth of the cost. Shrunk once, then turned: imagehash's own shrink of a picture
-        # already at its working size changes nothing.
+        # eighth of the cost.
         block = _low_dct(image, self.size)
         return b"".join(_bits(view) for view in (block, *(turn(block) for turn in _TURNED_AND_MIRRORED)))
 

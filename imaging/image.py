@@ -86,7 +86,8 @@ class ImageInput:
         # embedding), and the milliseconds each took (a batch's time shared out evenly).
         self.signals: dict[str, Any] = {}
         self.describe_ms: dict[str, float] = {}
-        # Per-image work a batched stage did ahead (the embedding's resized views), by stage.
+        # Per-image work a stage did ahead or shares with another, by key (the embedding's
+        # resized views, the pHash stages' DCT).
         self.prepared: dict[str, Any] = {}
 
     @property
