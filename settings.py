@@ -88,8 +88,8 @@ class Settings:
     replication_factor: int = _opt(1, "Replication factor for the topics dupwatch creates.", "topics")
     # -- detection: the cascade's stages and thresholds
     stages: list[str] = _list(
-        ["sha256", "phash", "phash_reoriented", "embedding"],
-        "Stages of the cascade, in order (sha256, phash, phash_reoriented, embedding).",
+        ["sha256", "phash", "phash_reoriented", "embedding", "verify"],
+        "Stages of the cascade, in order (sha256, phash, phash_reoriented, embedding, verify).",
         "detection")
     min_score: float = _opt(
         0.99, "Calibrated score (measured precision) a match needs to be decisive, any stage.",
@@ -105,6 +105,10 @@ class Settings:
     phash_near_distance: int = _opt(
         32, "Largest Hamming distance (bits) of a match labelled near_duplicate, not variant.",
         "detection")
+    phash_settle_distance: int = _opt(
+        12, "Largest Hamming distance (bits) at which a pHash match decides without the verify "
+        "stage (when it runs): looser matches are checked by local features first.", "detection",
+        used_by=CASCADE_RUNNERS | {"bench quality"})
     decode_draft_side: int = _opt(
         256, "Decode big JPEGs at reduced scale while the shorter side stays >= this (0: off).",
         "detection", used_by=CASCADE_RUNNERS | {"bench quality"})

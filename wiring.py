@@ -25,6 +25,7 @@ class PHashOptions:
     size: int                    # grid side: size^2 bits
     max_distance: int            # beyond this a match is no evidence at all
     near_distance: int           # up to this the pHash calls a match a near duplicate
+    settle_distance: int         # up to this a match decides without verification
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class Options:
                                 settings.decode_timeout_ms, settings.max_jpeg_scans,
                                 settings.decode_memory_mb),
             phash=PHashOptions(settings.phash_size, settings.phash_max_distance,
-                               settings.phash_near_distance),
+                               settings.phash_near_distance, settings.phash_settle_distance),
             embedding=EmbeddingOptions(Path(settings.weights) if settings.weights else None,
                                        settings.weights_sha256 or None,
                                        settings.embedding_resolution, settings.embedding_device,

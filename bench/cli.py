@@ -31,8 +31,8 @@ def register(commands: Commands) -> None:
                              "Benchmarks. Results go to --out as JSON and to stdout as a table.",
                              metavar="BENCHMARK")
     for add in (_throughput_command, _workers_command, _recovery_command, _quality_command,
-                _embedding_command, _index_command, _soak_command, _lookup_command,
-                _hostile_command):
+                _embedding_command, _index_command, _features_command, _soak_command,
+                _lookup_command, _hostile_command):
         add(benches)
 
 
@@ -89,6 +89,26 @@ def _workers_command(benches: Commands) -> None:
 def _workers(settings: Settings, args: argparse.Namespace) -> int:
     from dupwatch.bench.workers import run_workers_bench
     return run_workers_bench(settings, args.counts, args.events, args.out)
+
+
+def _features_command(benches: Commands) -> None:
+    features = benches.add("features", _features,
+                           "RAM, disk and check time of the verify stage's feature index at N "
+                           "images.",
+                           "For each size, in a process of its own: the local features of real "
+                           "pictures added under that many keys, as a shard holds them; RAM and "
+                           "disk per image, add rate, and the time to check one candidate with "
+                           "the page cache warm and cold.")
+    _add_numbers(features, "--sizes", "100000", "images to hold")
+    features.add_argument("--images", action="append", default=[], metavar="DIR",
+                          help="pictures whose features fill the index (default: the bundled "
+                               "samples; repeat for more folders)")
+    _add_out(features, "features")
+
+
+def _features(settings: Settings, args: argparse.Namespace) -> int:
+    from dupwatch.bench.features import run_features_bench
+    return run_features_bench(args.sizes, args.images, args.out)
 
 
 def _recovery_command(benches: Commands) -> None:

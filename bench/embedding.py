@@ -3,7 +3,7 @@ and, with ``--profile``, where the time of a scan goes, step by step, per image.
 
 The profile runs each step of the cascade over the same photos on its own, on this thread, in
 the order a scan runs them: read the file, decode, the cheap stages (SHA-256 and both pHashes),
-building the embedding's views, preprocessing (resizing them to the encoder's input), the
+the verify stage's local features, building the embedding's views, preprocessing (resizing them to the encoder's input), the
 forward pass, and the rest of the cascade with every signal ready (index search, decisions,
 indexing). Then the same photos through `dupwatch scan` end to end (start-up excluded), where
 decoding runs ahead in the decode processes, so the steps overlap and their sum is more than
@@ -27,8 +27,8 @@ from dupwatch.locations import samples_dir
 from dupwatch.pipeline.scan import scan, scan_processor
 from dupwatch.imaging.files import ImageFile, image_files
 
-PROFILE_STEPS = ("read", "decode", "cheap stages", "views", "preprocess", "forward",
-                 "search + decide + index")
+PROFILE_STEPS = ("read", "decode", "cheap stages", "local features", "views", "preprocess",
+                 "forward", "search + decide + index")
 
 
 def run_embedding_bench(settings: Settings, backends: list[str], batch_sizes: list[int],
@@ -102,9 +102,10 @@ def _profile_batch(cascade: Cascade, stage: EmbeddingStage, files: list[ImageFil
     decoded = _timed(spent, "decode", lambda: [_decodes(image) for image in images])
     items = [(file, image) for file, image, ok in zip(files, images, decoded) if ok]
     images = [image for _, image in items]
-    cheap = [s for s in cascade.stages if s is not stage]
-    _timed(spent, "cheap stages", lambda: [_signal(s, image) for s in cheap for image in images
-                                           if _applies(s, image)])
+    for step, chosen in (("cheap stages", [s for s in cascade.stages if not (s.batched or s.verifies)]),
+                         ("local features", [s for s in cascade.stages if s.verifies])):
+        _timed(spent, step, lambda: [_signal(s, image) for s in chosen for image in images
+                                     if _applies(s, image)])
     embedded = [image for image in images if _applies(stage, image)]
     views = _timed(spent, "views", lambda: stage.views(embedded))
     flat = [view for image_views in views for view in image_views]

@@ -32,7 +32,6 @@ Each size and option is built and measured in a process of its own, so its memor
 """
 from __future__ import annotations
 
-import ctypes
 import gc
 import json
 import os
@@ -47,7 +46,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from dupwatch.bench.report import machine, markdown_table, percentiles_ms, write_results
+from dupwatch.bench.report import machine, markdown_table, percentiles_ms, rss_bytes, write_results
 from dupwatch.errors import UserError
 from dupwatch.index.vector import VectorIndex, VectorIndexOptions
 from dupwatch.model.encoder import DESCRIPTOR_DIM
@@ -102,13 +101,13 @@ def measure(size: int, per_cluster: int, options: VectorIndexOptions, breadths: 
     queries, sources = data.queries(query_count)
     exact = ExactNeighbours(queries)
     faiss.omp_set_num_threads(os.cpu_count() or 1)  # bulk adds: every core, as a rebuild would
-    before = _rss_bytes()
+    before = rss_bytes()
     index = VectorIndex(DESCRIPTOR_DIM, options)
     adding, training = _build(index, data, exact)
     gc.collect()
     built = {"vectors": size, "vectors_per_cluster": per_cluster, "queries": query_count,
              "index": options.kind, "structure": index.structure,
-             "rss_bytes_per_vector": round((_rss_bytes() - before) / size),
+             "rss_bytes_per_vector": round((rss_bytes() - before) / size),
              "snapshot_bytes_per_vector": round(_snapshot_bytes(index) / size),
              # None when every vector came in the add that trained
              "bulk_add_per_s": round(adding["vectors"] / adding["seconds"]) if adding["vectors"]
@@ -251,12 +250,6 @@ def _snapshot_bytes(index: VectorIndex) -> int:
     with tempfile.TemporaryDirectory(prefix="dupwatch-bench-index-") as folder:
         index.save(Path(folder))
         return sum(f.stat().st_size for f in Path(folder).iterdir())
-
-
-def _rss_bytes() -> int:
-    """Resident memory after handing freed heap pages back (build temporaries are not the index)."""
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:

@@ -19,7 +19,9 @@ recall at the worker's own ``min_score``.
 
 Look-alikes: every distinct image of the test sources goes through the worker's cascade in
 order, each checked against the ones before it, as a stream of uploads would; every match is a
-false positive (images of one near-duplicate group are kept once).
+false positive (images of one near-duplicate group are kept once). The same for distinct objects
+on a white background that share their outlines (``plain_background``), the hash stages' blind
+spot. Everything is reported with the verify stage (the worker's default) and without it.
 """
 from __future__ import annotations
 
@@ -31,20 +33,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from dupwatch.bench.report import machine, write_results
 from dupwatch.detectors.calibration import (Calibration, Evidence, combine_scores,
                                              load_calibrations, run_key, save_calibrations)
-from dupwatch.detectors.cascade import CALIBRATION_FILE, Cascade
+from dupwatch.detectors.cascade import CALIBRATION_FILE, Cascade, to_verify
 from dupwatch.detectors.embedding import EmbeddingModel, EmbeddingStage
+from dupwatch.detectors.verify import VerifyStage
 from dupwatch.imaging.image import DecodeLimits, ImageInput
 from dupwatch.detectors.phash import PHashStage, ReorientedPHashStage
 from dupwatch.detectors.sha256 import Sha256Stage
-from dupwatch.index import BinaryIndex
+from dupwatch.index import BinaryIndex, CandidateQuery
 from dupwatch.model.augment import families
 from dupwatch.model.data import PHOTO_KINDS, Photo, by_source, list_photos, load_all
-from dupwatch.schemas import VerdictLabel
+from dupwatch.schemas import Candidate, VerdictLabel
 from dupwatch.settings import Settings
 from dupwatch.wiring import Options
 
@@ -52,6 +55,9 @@ SEED = 2021
 TOP_K = 10
 SET_SIZE = 480          # images per evaluation set at most: 1/2 references, 1/4 each other role
 LOOKALIKES = 600        # distinct test-source images streamed through the cascade, at most
+PLAIN_BACKGROUND = 500  # distinct objects on white sharing SHAPES outlines, at most
+SHAPES = 10
+OBJECT_SIDE = 320
 MIN_SET_IMAGES = 8      # fewer cannot fill every role of an evaluation set
 
 
@@ -77,8 +83,10 @@ class EvalSet:
 
 @dataclass
 class Predictions:
-    """Per query, the top candidates as (reference, native distance)."""
+    """Per query, the top candidates as (reference, native distance); for a verifying stage,
+    also what it found for each (in the same order)."""
     hits: list[list[tuple[int, float]]]
+    evidence: list[list[dict]] | None = None
 
 
 Scored = dict[tuple[int, int], float]  # (query, reference) -> score
@@ -115,7 +123,10 @@ def run_quality_bench(settings: Settings, folders: list[str], use_all: bool, out
     results = {"benchmark": "quality", "model_version": model.version, "machine": machine(),
                "images": sizes,
                "splits": splits,
-               "lookalikes": _lookalikes(groups["lookalikes"], stages, evidence, settings, limits)}
+               **{f"{name}{suffix}": _stream(images, chosen, evidence, settings, limits)
+                  for suffix, chosen in (("", stages), ("_no_verify", stages[:-1]))
+                  for name, images in (("lookalikes", _distinct(groups["lookalikes"])),
+                                       ("plain_background", _objects_on_white(groups["lookalikes"])))}}
     write_results(out, results, _table(results))
     return 0
 
@@ -177,12 +188,13 @@ def _encode(image: Image.Image, limits: DecodeLimits) -> ImageInput:
 def _evaluate(evaluation: EvalSet, stages: list, evidence: Evidence, min_score: float) -> dict:
     """``stages`` calibrated, in the worker's order (sha256, phash, ..., embedding)."""
     say(f"measuring: {len(evaluation.references)} references, {len(evaluation.queries)} queries")
-    predictions = {stage.name: _predict(stage, evaluation) for stage in stages}
-    phash, embedding = stages[1], stages[-1]
+    predictions = _predict_all(stages, evaluation)
+    phash, embedding = stages[1], stages[-2]
     methods = {
         "phash": _scored(predictions[phash.name], lambda d: 1.0 - d / phash.bits),
         **_pdq_if_installed(evaluation),
         "embedding": _scored(predictions[embedding.name], lambda d: 1.0 - d),
+        "no_verify": _cascade(stages[:-1], predictions, evidence, min_score),
         "cascade": _cascade(stages, predictions, evidence, min_score),
     }
     queries = evaluation.queries
@@ -191,8 +203,10 @@ def _evaluate(evaluation: EvalSet, stages: list, evidence: Evidence, min_score: 
             "kinds": dict(Counter(q.kind for q in queries if q.truth is not None)),
             "families": evaluation.families,
             "methods": {name: _metrics(scored, evaluation) for name, scored in methods.items()},
-            # What a worker does: a match needs a calibrated score of at least min_score.
-            "cascade_at_min_score": _at_threshold(methods["cascade"], evaluation, min_score)}
+            # What a worker does: a match needs a calibrated score of at least min_score; the
+            # same without the verify stage (--stages sha256,phash,phash_reoriented,embedding).
+            "cascade_at_min_score": _at_threshold(methods["cascade"], evaluation, min_score),
+            "no_verify_at_min_score": _at_threshold(methods["no_verify"], evaluation, min_score)}
 
 
 def _cascade(stages: list, predictions: dict[str, Predictions], evidence: Evidence,
@@ -202,33 +216,97 @@ def _cascade(stages: list, predictions: dict[str, Predictions], evidence: Eviden
     (``evidence``); a query stops at the first stage where a candidate it found reaches
     ``min_score``, so later stages never see it.
 
+    When a verifying stage follows, a stage decides only the matches it may settle alone; the
+    verifying stage then scores the candidates it checked, and every other candidate of a query
+    it saw ranks below all decided pairs (in its earlier order), as the worker never decides it.
+
     With ``truths``, ``evidence`` is fitted on the way: before each stage decides, the
     calibration of the combined score for the stages run so far, from the queries still open.
     """
     queries = range(len(predictions[stages[0].name].hits))
     seen: list[dict[int, list[float]]] = [{} for _ in queries]
+    pending: list[dict[int, float]] = [{} for _ in queries]  # decisive, not settled alone
     scored: Scored = {}
     open_queries = list(queries)
     for number, stage in enumerate(stages):
+        if stage.verifies:
+            verified = predictions[stage.name]
+            for q in open_queries:
+                _verified(q, stage, list(zip(verified.hits[q], verified.evidence[q])), seen[q],
+                          pending[q], scored, min_score)
+            break
+        verified_later = any(later.verifies for later in stages[number + 1:])
         stages_run = tuple(s.name for s in stages[: number + 1])
-        fresh = {q: [(ref, round(stage.score(distance), 6))
+        fresh = {q: [(ref, round(stage.score(distance), 6), distance)
                      for ref, distance in predictions[stage.name].hits[q]] for q in open_queries}
         for q, found in fresh.items():
-            for ref, score in found:
+            for ref, score, _ in found:
                 seen[q].setdefault(ref, []).append(score)
         if truths is not None and number > 0:  # the exact stage's matches stay certain
             pairs = [(combine_scores(seen[q][ref]), ref == truths[q])
-                     for q, found in fresh.items() for ref, _ in found]
+                     for q, found in fresh.items() for ref, _, _ in found]
             evidence.after[run_key(stages_run)] = Calibration.fit(
                 [1.0 - raw for raw, _ in pairs], [correct for _, correct in pairs])
         still_open = []
         for q, found in fresh.items():
-            combined = {ref: round(evidence.combine(stages_run, seen[q][ref]), 6) for ref, _ in found}
-            scored.update({(q, ref): score for ref, score in combined.items()})
-            if max(combined.values(), default=0.0) < min_score:
+            decided = False
+            for ref, _, distance in found:
+                score = round(evidence.combine(stages_run, seen[q][ref]), 6)
+                settles = not verified_later or stage.settles_alone(distance)
+                decided |= score >= min_score and settles
+                scored[q, ref] = score if settles else _undecided(score, min_score)
+                if score >= min_score and not settles:
+                    pending[q][ref] = score
+            if not decided:
                 still_open.append(q)
         open_queries = still_open
     return scored
+
+
+def _verified(q: int, stage, checked: list[tuple[tuple[int, float], dict]],
+              seen: dict[int, list[float]], pending: dict[int, float], scored: Scored,
+              min_score: float) -> None:
+    """A query's pairs once the verifying stage has checked its candidates (``seen``: those
+    the earlier stages scored; ``pending``: their decisive scores that waited for it), as
+    ``Cascade._decide_verified`` decides them."""
+    verified = {}
+    for (ref, distance), evidence in checked:
+        score = round(stage.score(distance), 6)
+        standing = pending.get(ref, 0.0) if stage.lets_stand(evidence) else 0.0
+        verified[ref] = max(score, standing)
+    for ref in seen:
+        scored[q, ref] = verified.get(ref, _undecided(scored[q, ref], min_score))
+    scored.update({(q, ref): score for ref, score in verified.items()})
+
+
+def _undecided(score: float, min_score: float) -> float:
+    """A score the worker never decides at: below min_score, in the same order."""
+    return max(0.0, min(score, score * min_score - 1e-9))
+
+
+def _predict_all(stages: list, evaluation: EvalSet) -> dict[str, Predictions]:
+    """Each stage's top candidates per query; a verifying stage checks the ones the stages before
+    it found, as the worker's cascade picks them (detectors/cascade.py, ``to_verify``)."""
+    predictions: dict[str, Predictions] = {}
+    for stage in stages:
+        predictions[stage.name] = (_verify(stage, evaluation, predictions) if stage.verifies
+                                   else _predict(stage, evaluation))
+    return predictions
+
+
+def _verify(stage, evaluation: EvalSet, earlier: dict[str, Predictions]) -> Predictions:
+    say(f"  {stage.name}")
+    index = stage.new_index()
+    for number, signal in enumerate(_signals(stage, evaluation.references)):
+        index.add(str(number), signal)
+    hits, evidence = [], []
+    for q, signal in enumerate(_signals(stage, [query.image for query in evaluation.queries])):
+        candidates = [Candidate(str(ref), name, 0.0, distance)
+                      for name, found in earlier.items() for ref, distance in found.hits[q]]
+        found = index.search(CandidateQuery(signal, to_verify(candidates)), TOP_K)
+        hits.append([(int(h.key), h.distance) for h in found])
+        evidence.append([h.evidence for h in found])
+    return Predictions(hits, evidence)
 
 
 def _predict(stage, evaluation: EvalSet) -> Predictions:
@@ -275,12 +353,13 @@ def _pdq_if_installed(evaluation: EvalSet) -> dict[str, Scored]:
 def _stages(settings: Settings, model: EmbeddingModel,
             calibrations: dict[str, Calibration]) -> list:
     """The worker's default stages, in its order, with these calibrations."""
+    phash = (settings.phash_size, settings.phash_max_distance)
+    near = (settings.phash_near_distance, settings.phash_settle_distance)
     return [Sha256Stage(),
-            PHashStage(settings.phash_size, settings.phash_max_distance,
-                       calibrations["phash"], settings.phash_near_distance),
-            ReorientedPHashStage(settings.phash_size, settings.phash_max_distance,
-                                 calibrations["phash_reoriented"], settings.phash_near_distance),
-            EmbeddingStage(model, calibrations["embedding"])]
+            PHashStage(*phash, calibrations["phash"], *near),
+            ReorientedPHashStage(*phash, calibrations["phash_reoriented"], *near),
+            EmbeddingStage(model, calibrations["embedding"]),
+            VerifyStage(calibrations.get("verify"))]
 
 
 def _fit(settings: Settings, model: EmbeddingModel, evaluation: EvalSet) -> tuple[list, Evidence]:
@@ -290,7 +369,7 @@ def _fit(settings: Settings, model: EmbeddingModel, evaluation: EvalSet) -> tupl
         f"{len(evaluation.queries)} queries")
     raw = _stages(settings, model, {name: Calibration.linear(2.0)
                                     for name in ("phash", "phash_reoriented", "embedding")})
-    predictions = {stage.name: _predict(stage, evaluation) for stage in raw}
+    predictions = _predict_all(raw, evaluation)
     truths = [q.truth for q in evaluation.queries]
     calibrations = {}
     for stage in raw[1:]:
@@ -350,27 +429,76 @@ def _at_threshold(scored: Scored, evaluation: EvalSet, threshold: float) -> dict
             "recall_per_family": _recall_by(correct, queries, lambda q: q.family)}
 
 
-def _lookalikes(photos: list[Photo], stages: list, evidence: Evidence, settings: Settings,
-                limits: DecodeLimits) -> dict:
-    """Distinct images streamed through the worker's cascade: every match is a false one."""
+@dataclass(frozen=True)
+class Distinct:
+    """An image of a look-alike stream: every one is distinct from every other."""
+    name: str
+    kind: str
+    raw: bytes
+
+
+def _distinct(photos: list[Photo]) -> list[Distinct]:
+    """Up to LOOKALIKES distinct test-source images (one per near-duplicate group)."""
     chosen = _one_per_group(photos)
     random.Random(SEED + 3).shuffle(chosen)
-    chosen = chosen[:LOOKALIKES]
+    return [Distinct(p.path.name, _kind_bucket(p.kind), p.path.read_bytes())
+            for p in chosen[:LOOKALIKES]]
+
+
+def _objects_on_white(photos: list[Photo]) -> list[Distinct]:
+    """Distinct objects that share an outline on a white background, the hash stages' blind
+    spot (puzzle pieces of different paintings, two planets, two products of one shape): each of
+    SHAPES outlines, drawn at a slightly different size and place, filled with a different
+    test-source image, on white."""
+    rng = random.Random(SEED + 4)
+    fills = _one_per_group(photos)
+    rng.shuffle(fills)
+    outlines = [_outline(random.Random(SEED + 5 + n)) for n in range(SHAPES)]
+    images = []
+    for number, photo in enumerate(fills[:PLAIN_BACKGROUND]):
+        fill = Image.open(photo.path).convert("RGB").resize((OBJECT_SIDE, OBJECT_SIDE))
+        mask = outlines[number % SHAPES].rotate(rng.uniform(-3, 3)).resize(
+            (int(OBJECT_SIDE * rng.uniform(0.9, 1.0)),) * 2)
+        canvas = Image.new("RGB", (OBJECT_SIDE + 40, OBJECT_SIDE + 40), (255, 255, 255))
+        canvas.paste(fill.resize(mask.size), (rng.randint(5, 35), rng.randint(5, 35)), mask)
+        buffer = io.BytesIO()
+        canvas.save(buffer, "JPEG", quality=90)
+        images.append(Distinct(f"object-{number}", f"outline-{number % SHAPES}", buffer.getvalue()))
+    return images
+
+
+def _outline(rng: random.Random) -> Image.Image:
+    """A random star-shaped outline with tabs (a puzzle piece, a bottle, a blob) as a mask."""
+    mask = Image.new("L", (OBJECT_SIDE, OBJECT_SIDE), 0)
+    centre, corners = OBJECT_SIDE / 2, rng.randint(5, 14)
+    radii = [rng.uniform(0.55, 1.0) * centre * 0.95 for _ in range(corners)]
+    points = [(centre + r * np.cos(2 * np.pi * i / corners), centre + r * np.sin(2 * np.pi * i / corners))
+              for i, r in enumerate(radii)]
+    draw = ImageDraw.Draw(mask)
+    draw.polygon(points, fill=255)
+    for x, y in rng.sample(points, min(4, corners)):  # round tabs on some corners
+        tab = rng.uniform(0.08, 0.15) * OBJECT_SIDE
+        draw.ellipse((x - tab, y - tab, x + tab, y + tab), fill=255)
+    return mask
+
+
+def _stream(images: list[Distinct], stages: list, evidence: Evidence, settings: Settings,
+            limits: DecodeLimits) -> dict:
+    """Distinct images streamed through the worker's cascade: every match is a false one."""
     cascade = Cascade(stages, limits, min_score=settings.min_score, search_k=settings.search_k,
                       evidence=evidence)
     matched: list[dict] = []
-    for number, photo in enumerate(chosen):
-        image = ImageInput(photo.path.read_bytes(), limits)
-        result = cascade.check("lookalikes", photo.path.name, image)
+    for number, image in enumerate(images):
+        result = cascade.check("lookalikes", image.name, ImageInput(image.raw, limits))
         if result.label is not VerdictLabel.UNIQUE and result.match is not None:
-            matched.append({"image": photo.path.name, "kind": photo.kind, "match": result.match.image_id,
+            matched.append({"image": image.name, "kind": image.kind, "match": result.match.image_id,
                             "stage": result.match.stage, "score": result.match.score})
         if number % 100 == 99:
-            say(f"look-alikes: {number + 1}/{len(chosen)}, {len(matched)} matched")
-    by_kind = Counter(_kind_bucket(p.kind) for p in chosen)
-    wrong = Counter(_kind_bucket(m["kind"]) for m in matched)
-    return {"images": len(chosen), "matched": len(matched),
-            "false_positive_rate": round(len(matched) / max(1, len(chosen)), 4),
+            say(f"distinct images: {number + 1}/{len(images)}, {len(matched)} matched")
+    by_kind = Counter(image.kind for image in images)
+    wrong = Counter(m["kind"] for m in matched)
+    return {"images": len(images), "matched": len(matched),
+            "false_positive_rate": round(len(matched) / max(1, len(images)), 4),
             "false_positive_rate_per_kind": {k: round(wrong[k] / n, 4) for k, n in by_kind.items()},
             "images_per_kind": dict(by_kind), "matches": matched}
 
@@ -391,11 +519,18 @@ def _table(results: dict) -> list[tuple[str, str]]:
         for kind in next(iter(methods.values()))["recall_per_kind"]:
             rows.append((f"  kind: {kind}", "  ".join(f"{m['recall_per_kind'][kind]:>9.2f}"
                                                       for m in methods.values())))
-        live = result["cascade_at_min_score"]
-        rows.append((f"cascade at min_score {live['min_score']}",
-                     f"precision {live['precision']}, recall {live['recall']}, "
-                     f"{live['false_matches']} false matches"))
-    looks = results["lookalikes"]
-    rows.append(("look-alikes matched", f"{looks['matched']} of {looks['images']} distinct images "
-                 f"({looks['false_positive_rate']:.1%}; per kind {looks['false_positive_rate_per_kind']})"))
+        for name in ("no_verify", "cascade"):
+            live = result[f"{name}_at_min_score"]
+            rows.append((f"{name} at min_score {live['min_score']}",
+                         f"precision {live['precision']}, recall {live['recall']}, "
+                         f"{live['false_matches']} false matches"))
+            rows += [(f"  {family}", f"{recall:.2f}") for family, recall
+                     in live["recall_per_family"].items()]
+    for name in ("lookalikes", "lookalikes_no_verify", "plain_background",
+                 "plain_background_no_verify"):
+        looks = results[name]
+        per_kind = (f"; per kind {looks['false_positive_rate_per_kind']}"
+                    if name.startswith("lookalikes") else "")
+        rows.append((f"{name} matched", f"{looks['matched']} of {looks['images']} distinct "
+                     f"images ({looks['false_positive_rate']:.1%}{per_kind})"))
     return rows

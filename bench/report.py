@@ -1,6 +1,7 @@
 """Writing benchmark results: JSON for machines, a table for people."""
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import platform
@@ -18,6 +19,12 @@ def machine() -> dict[str, Any]:
 def percentiles_ms(seconds: list[float]) -> dict[str, float]:
     values = np.array(seconds) * 1000
     return {f"p{q}": round(float(np.percentile(values, q)), 2) for q in (50, 90, 99)}
+
+
+def rss_bytes() -> int:
+    """Resident memory after handing freed heap pages back (build temporaries are not the index)."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:

@@ -8,9 +8,9 @@ from typing import Any, Callable, cast
 
 from dupwatch.detectors.calibration import Evidence, load_calibrations
 from dupwatch.imaging.image import DecodeLimits, ImageInput
-from dupwatch.detectors.protocol import BatchedStage, Stage
+from dupwatch.detectors.protocol import BatchedStage, Stage, VerifyingStage
 from dupwatch.detectors.registry import StageContext, build_stage
-from dupwatch.index import Entry, Hit, LocalStore, Lookup, Store, set_search_threads
+from dupwatch.index import CandidateQuery, Entry, Hit, LocalStore, Lookup, Store, set_search_threads
 from dupwatch.schemas import Candidate, Flag, Rejected, Verdict, VerdictLabel, utc_now
 from dupwatch.locations import artifact
 from dupwatch.settings import Settings
@@ -25,6 +25,11 @@ LOOKUP_ID = ""
 # pause for waiting lookups (see ``pause_point``), so a lookup waits for at most 16 of a
 # stream batch's images, not all of them.
 DESCRIBE_CHUNK = 16
+# Candidates a verifying stage checks: each earlier stage's best few, at most VERIFY_MAX in all
+# (a check costs about a millisecond; the true original is among the embedding's best three
+# for nearly every copy it ranks at all: docs/benchmarks.md, verification).
+VERIFY_PER_STAGE = 3
+VERIFY_MAX = 8
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class CascadeResult:
     candidates: list[Candidate]      # best candidates over the stages that ran, best first
     timings_ms: dict[str, float]
     flags: tuple[Flag, ...] = ()
+    evidence: dict[str, Any] | None = None   # what the verifying stage found, when it decided
 
     def to_verdict(self, *, image_id: str, tenant: str, worker: str,
                    model_version: str | None = None, submitted_at: str | None = None,
@@ -49,21 +55,21 @@ class CascadeResult:
             score=match.score if match else None, distance=match.distance if match else None,
             candidates=self.candidates, timings_ms=self.timings_ms, worker=worker,
             processed_at=utc_now(), model_version=model_version, submitted_at=submitted_at,
-            metadata=metadata or {}, flags=list(self.flags))
+            metadata=metadata or {}, flags=list(self.flags), evidence=self.evidence)
 
     def to_record(self) -> dict:
         """What is stored with the indexed image, so a re-delivery gets the same verdict."""
         return {"label": self.label.value,
                 "match": _candidate_fields(self.match) if self.match else None,
                 "candidates": [_candidate_fields(c) for c in self.candidates],
-                "flags": [flag.value for flag in self.flags]}
+                "flags": [flag.value for flag in self.flags], "evidence": self.evidence}
 
     @classmethod
     def from_record(cls, record: dict, timings_ms: dict[str, float]) -> "CascadeResult":
         match = record.get("match")
         return cls(VerdictLabel(record["label"]), Candidate(*match) if match else None,
                    [Candidate(*c) for c in record.get("candidates", [])], timings_ms,
-                   tuple(Flag(flag) for flag in record.get("flags", [])))
+                   tuple(Flag(flag) for flag in record.get("flags", [])), record.get("evidence"))
 
 
 @dataclass
@@ -74,6 +80,9 @@ class _Run:
     image: ImageInput
     signals: dict[str, Any] = field(default_factory=dict)   # of the stages that ran
     candidates: list[Candidate] = field(default_factory=list)
+    # Decisive matches an earlier stage could not settle alone, waiting for verification
+    pending: dict[str, Candidate] = field(default_factory=dict)
+    evidence: dict[str, Any] | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     result: CascadeResult | Rejected | None = None
     redelivered: bool = False
@@ -96,6 +105,7 @@ class Cascade:
                  match_only_tenants: frozenset[str] = frozenset(),
                  evidence: Evidence = Evidence()) -> None:
         self.stages = stages
+        self._verifying = frozenset(stage.name for stage in stages if stage.verifies)
         self.evidence = evidence
         self.min_score = min_score
         self.limits = limits
@@ -196,7 +206,7 @@ class Cascade:
             return [[stage] for stage in self.stages]
         rounds: list[list[Stage]] = []
         for stage in self.stages:
-            if not rounds or stage.batched:
+            if not rounds or stage.batched or stage.verifies:
                 rounds.append([])
             rounds[-1].append(stage)
         return rounds
@@ -205,7 +215,8 @@ class Cascade:
                    first: bool) -> list[_Run]:
         """One lookup for these stages; returns the runs still open after them."""
         described = self._describe(stages, runs)
-        queries = [Lookup(run.tenant, run.image_id, signals) for run, signals in described]
+        queries = [Lookup(run.tenant, run.image_id, self._query_signals(stages, run, signals))
+                   for run, signals in described]
         started = time.perf_counter()
         answers = self.store.lookup(queries, self.search_k)
         lookup_ms = _ms_since(started) / max(1, len(queries) * len(stages))
@@ -255,6 +266,14 @@ class Cascade:
         return [(run, {stage.name: run.image.signals[stage.name] for stage in stages
                        if _applies(stage, run.image)}) for run in described]
 
+    @staticmethod
+    def _query_signals(stages: list[Stage], run: _Run, signals: dict[str, Any]) -> dict[str, Any]:
+        """What each stage searches with: its signal, or for a verifying stage its signal and the
+        candidates to check."""
+        verifying = {stage.name for stage in stages if stage.verifies}
+        return {name: CandidateQuery(signal, to_verify(run.candidates)) if name in verifying
+                else signal for name, signal in signals.items()}
+
     def _run_stage(self, stage: Stage, run: _Run, signal: Any, hits: list[Hit],
                    lookup_ms: float) -> Candidate | None:
         run.signals[stage.name] = signal
@@ -267,7 +286,8 @@ class Cascade:
         best = _best_per_image(run.candidates)[: run.top_k]
         if any(stage.needs_pixels for stage in self.stages) and _flat(run.image):
             run.flags.add(Flag.LOW_INFORMATION)
-        return CascadeResult(label, match, best, run.timings_ms, tuple(sorted(run.flags)))
+        evidence = run.evidence if match is not None and match.stage in self._verifying else None
+        return CascadeResult(label, match, best, run.timings_ms, tuple(sorted(run.flags)), evidence)
 
     def _indexes(self, run: _Run) -> bool:
         return (isinstance(run.result, CascadeResult) and not run.redelivered
@@ -281,29 +301,62 @@ class Cascade:
 
     def _label(self, match: Candidate, run: _Run) -> VerdictLabel:
         """The label of the cheapest stage that recognises the match as its kind of copy: a copy
-        the pHash still finds close is a near duplicate even when the embedding settled it."""
+        the pHash still finds close is a near duplicate even when the embedding settled it; else
+        the deciding stage's (a verifying stage's from what it found)."""
         recognised = {c.stage for c in run.candidates
                       if c.image_id == match.image_id and self._stage(c.stage).recognises(c.distance)}
-        return next((stage.label for stage in self.stages if stage.name in recognised),
-                    self._stage(match.stage).label)
+        deciding = self._stage(match.stage)
+        own = (cast(VerifyingStage, deciding).label_for(run.evidence)
+               if deciding.verifies and run.evidence else deciding.label)
+        return next((stage.label for stage in self.stages if stage.name in recognised), own)
 
     def _stage(self, name: str) -> Stage:
         return next(stage for stage in self.stages if stage.name == name)
 
     def _decide(self, stage: Stage, hits: list[Hit], run: _Run) -> Candidate | None:
-        """The best candidate whose score, combined over the stages run so far, is decisive.
+        """The best candidate whose score, combined over the stages run so far, is decisive;
+        when a verifying stage follows, only one this stage may settle alone.
 
         Hits come closest (then earliest) first, so ties go to the earliest image.
         """
         fresh = [self._candidate(stage, hit) for hit in hits]
         run.candidates.extend(fresh)
-        stages_run = tuple(s.name for s in self.stages[: self.stages.index(stage) + 1])
+        position = self.stages.index(stage)
+        if stage.verifies:
+            return self._decide_verified(stage, hits, run)
+        verified_later = any(later.verifies for later in self.stages[position + 1:])
+        stages_run = tuple(s.name for s in self.stages[: position + 1])
         best = None
         for candidate in fresh:
             combined = round(self.evidence.combine(stages_run, [
-                c.score for c in run.candidates if c.image_id == candidate.image_id]), 6)
-            if combined >= self.min_score and (best is None or combined > best.score):
-                best = Candidate(candidate.image_id, stage.name, combined, candidate.distance)
+                c.score for c in run.candidates
+                if c.image_id == candidate.image_id and c.stage not in self._verifying]), 6)
+            if combined < self.min_score:
+                continue
+            scored = Candidate(candidate.image_id, stage.name, combined, candidate.distance)
+            if verified_later and not stage.settles_alone(candidate.distance):
+                run.pending[candidate.image_id] = scored
+            elif best is None or combined > best.score:
+                best = scored
+        return best
+
+    def _decide_verified(self, stage: Stage, hits: list[Hit], run: _Run) -> Candidate | None:
+        """After verification, a checked candidate's score is the verification's: it confirms or
+        refutes what the earlier stages saw. An earlier stage's decisive match stands where the
+        verification lets it (``VerifyingStage.lets_stand``: photos it found no alignment for
+        either way, as pixelated copies)."""
+        verifying = cast(VerifyingStage, stage)
+        best, evidence = None, None
+        for hit in hits:
+            score = round(stage.score(hit.distance), 6)
+            earlier = run.pending.get(hit.key)
+            if earlier is not None and verifying.lets_stand(hit.evidence or {}) and earlier.score > score:
+                found, found_evidence = earlier, None
+            else:
+                found, found_evidence = Candidate(hit.key, stage.name, score, hit.distance), hit.evidence
+            if found.score >= self.min_score and (best is None or found.score > best.score):
+                best, evidence = found, found_evidence
+        run.evidence = evidence
         return best
 
     @staticmethod
@@ -327,6 +380,17 @@ def build_cascade(settings: Settings,
                    search_k=cascade_options.search_k, top_k=cascade_options.top_k,
                    search_threads=cascade_options.search_threads, model_version=model_version,
                    match_only_tenants=cascade_options.match_only_tenants, evidence=evidence)
+
+
+def to_verify(candidates: list[Candidate]) -> tuple[str, ...]:
+    """The images a verifying stage checks, of the candidates the earlier stages found (in
+    their order, best first per stage): each stage's best VERIFY_PER_STAGE, at most VERIFY_MAX."""
+    per_stage: dict[str, list[str]] = {}
+    for candidate in candidates:
+        chosen = per_stage.setdefault(candidate.stage, [])
+        if len(chosen) < VERIFY_PER_STAGE and candidate.image_id not in chosen:
+            chosen.append(candidate.image_id)
+    return tuple(dict.fromkeys(i for chosen in per_stage.values() for i in chosen))[:VERIFY_MAX]
 
 
 def _best_per_image(candidates: list[Candidate]) -> list[Candidate]:

@@ -158,6 +158,7 @@ class EmbeddingStage:
     label = VerdictLabel.VARIANT
     needs_pixels = True
     batched = True
+    verifies = False
 
     def __init__(self, model: EmbeddingModel, calibration: Calibration,
                  on_batch: Callable[[int, float], None] | None = None,
@@ -204,7 +205,12 @@ class EmbeddingStage:
         return self.calibration.score(distance)
 
     def recognises(self, distance: float) -> bool:
-        return True
+        # Its own matches are variants (its label); one that verification decided is labelled
+        # from what verification found, which says more than a cosine does.
+        return False
+
+    def settles_alone(self, distance: float) -> bool:
+        return False  # look-alike screenshots and pages score as high as copies
 
 
 @stage("embedding")

@@ -39,15 +39,18 @@ class PHashStage:
     label = VerdictLabel.NEAR_DUPLICATE
     needs_pixels = True
     batched = False
+    verifies = False
 
     def __init__(self, size: int = 16, max_distance: int = 64,
-                 calibration: Calibration | None = None, near_distance: int = 32) -> None:
+                 calibration: Calibration | None = None, near_distance: int = 32,
+                 settle_distance: int = 12) -> None:
         if size < 4 or (size * size) % 8:
             raise ValueError(f"phash size must be >= 4 with size^2 a multiple of 8, got {size}")
         self.size = size
         self.bits = size * size
         self.max_distance = max_distance
         self.near_distance = near_distance
+        self.settle_distance = settle_distance
         # Uncalibrated (another hash size, no calibration file): certain up to the cap.
         self.calibration = calibration or Calibration((0.0, float(max_distance)), (1.0, 1.0))
 
@@ -65,6 +68,11 @@ class PHashStage:
 
     def recognises(self, distance: float) -> bool:
         return distance <= self.near_distance
+
+    def settles_alone(self, distance: float) -> bool:
+        # Beyond a near-identical hash, distinct objects sharing an outline on a plain
+        # background match too (docs/benchmarks.md, verification): those are verified.
+        return distance <= self.settle_distance
 
 
 class ReorientedPHashStage(PHashStage):
@@ -155,4 +163,5 @@ def _build_reoriented(context: StageContext) -> ReorientedPHashStage:
 def _build(kind: type[PHashStage], context: StageContext) -> PHashStage:
     options = context.options.phash
     calibration = context.calibrations.get(kind.name)  # None: fitted for another hash size
-    return kind(options.size, options.max_distance, calibration, options.near_distance)
+    return kind(options.size, options.max_distance, calibration, options.near_distance,
+                options.settle_distance)

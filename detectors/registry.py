@@ -12,7 +12,7 @@ from dupwatch.errors import ConfigError
 from dupwatch.wiring import Options
 
 BUILTIN_MODULES = ("dupwatch.detectors.sha256", "dupwatch.detectors.phash",
-                   "dupwatch.detectors.embedding")
+                   "dupwatch.detectors.embedding", "dupwatch.detectors.verify")
 
 
 @dataclass(frozen=True)

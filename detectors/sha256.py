@@ -16,6 +16,7 @@ class Sha256Stage:
     label = VerdictLabel.EXACT_DUPLICATE
     needs_pixels = False
     batched = False
+    verifies = False
 
     def describe(self, image: ImageInput) -> bytes:
         return image.digest
@@ -31,6 +32,9 @@ class Sha256Stage:
 
     def recognises(self, distance: float) -> bool:
         return distance == 0
+
+    def settles_alone(self, distance: float) -> bool:
+        return True  # the same bytes
 
 
 @stage("sha256")

@@ -1,19 +1,22 @@
 """Indexes of image signals: one protocol (add, search, remove, save, load, len), several kinds.
 
 ``ExactIndex`` maps digests to images, ``BinaryIndex`` searches bit strings by Hamming distance
-in FAISS, ``VectorIndex`` searches embeddings by cosine distance in FAISS, ``TenantIndexes`` keeps one index per tenant so tenants never match each other, and a
+in FAISS, ``VectorIndex`` searches embeddings by cosine distance in FAISS,
+``FeatureIndex`` keeps local features on disk and checks a query against named candidates,
+``TenantIndexes`` keeps one index per tenant so tenants never match each other, and a
 ``Store`` holds every stage's indexes (``LocalStore`` in memory; a shard is one too).
 """
 import faiss
 
 from dupwatch.index.binary import BinaryIndex
 from dupwatch.index.exact import ExactIndex
-from dupwatch.index.protocol import Hit, Index
+from dupwatch.index.features import FeatureIndex
+from dupwatch.index.protocol import CandidateQuery, Hit, Index
 from dupwatch.index.store import Entry, Found, LocalStore, Lookup, Store
 from dupwatch.index.tenants import TenantIndexes
 from dupwatch.index.vector import VectorIndex
 
-__all__ = ["BinaryIndex", "Entry", "ExactIndex", "Found", "Hit", "Index", "LocalStore", "Lookup",
+__all__ = ["BinaryIndex", "CandidateQuery", "Entry", "ExactIndex", "FeatureIndex", "Found", "Hit", "Index", "LocalStore", "Lookup",
            "Store", "TenantIndexes", "VectorIndex", "set_search_threads"]
 
 

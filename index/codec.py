@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from dupwatch.index.protocol import Hit
+from dupwatch.index.protocol import CandidateQuery, Hit
 from dupwatch.index.store import Entry, Found, Lookup
 
 
@@ -50,12 +50,13 @@ def decode_lookups(docs: list[dict]) -> list[Lookup]:
 
 
 def encode_found(found: list[Found]) -> list[dict]:
-    return [{"h": {stage: [[h.distance, h.order, h.key] for h in hits]
+    return [{"h": {stage: [[h.distance, h.order, h.key, *([h.evidence] if h.evidence else [])]
+                           for h in hits]
                    for stage, hits in f.hits.items()}, "e": f.earlier} for f in found]
 
 
 def decode_found(docs: list[dict]) -> list[Found]:
-    return [Found({stage: [Hit(float(d), int(o), k) for d, o, k in hits]
+    return [Found({stage: [Hit(float(hit[0]), int(hit[1]), hit[2], *hit[3:]) for hit in hits]
                    for stage, hits in doc["h"].items()}, doc["e"]) for doc in docs]
 
 
@@ -68,6 +69,8 @@ def _decode_signals(docs: dict[str, dict]) -> dict[str, Any]:
 
 
 def _encode_signal(signal: Any) -> dict:
+    if isinstance(signal, CandidateQuery):
+        return {"query": _encode_signal(signal.signal), "keys": list(signal.keys)}
     if isinstance(signal, bytes):
         return {"bytes": base64.b64encode(signal).decode()}
     array = np.ascontiguousarray(signal)
@@ -76,6 +79,8 @@ def _encode_signal(signal: Any) -> dict:
 
 
 def _decode_signal(doc: dict) -> Any:
+    if "query" in doc:
+        return CandidateQuery(_decode_signal(doc["query"]), tuple(doc["keys"]))
     if "bytes" in doc:
         return base64.b64decode(doc["bytes"])
     raw = base64.b64decode(doc["array"])

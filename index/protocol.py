@@ -1,19 +1,29 @@
 """The protocol every index implements."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 Signal = TypeVar("Signal", contravariant=True)
 
 
 @dataclass(frozen=True, order=True)
 class Hit:
-    """One search result. Sorting orders by distance, then by insertion (earlier images first)."""
+    """One search result. Sorting orders by distance, then by insertion (earlier images first).
+    ``evidence``: what an index that verifies candidates found (index/features.py), else None."""
     distance: float
     order: int
     key: str
+    evidence: dict[str, Any] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class CandidateQuery:
+    """A search restricted to the images ``keys``: what an index that checks candidates rather
+    than searching all it holds (the verification stage's) takes as its query."""
+    signal: Any
+    keys: tuple[str, ...]
 
 
 class Index(Protocol[Signal]):

@@ -96,7 +96,7 @@ class LocalStore:
             index = self.indexes[stage].existing(query.tenant)
             hits = index.search(signal, k + 1) if index is not None else []
             # Orders from the entries, not the index: they compare across shards.
-            found.hits[stage] = sorted(Hit(hit.distance, records[hit.key][1], hit.key)
+            found.hits[stage] = sorted(Hit(hit.distance, records[hit.key][1], hit.key, hit.evidence)
                                        for hit in hits if hit.key != query.image_id)[:k]
         return found
 

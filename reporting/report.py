@@ -2,7 +2,9 @@
 
 A group is an image and every image that matched it, directly or through a chain of matches
 (C matched B, B matched A: one group under A). Each match is shown as a pair of thumbnails,
-the earlier image on the left, with its verdict, stage and score. Thumbnails are small JPEGs
+the earlier image on the left, with its verdict, stage and score; where the verify stage decided,
+a box on the earlier image marks the region the later one shows, so a moderator sees at a glance
+which part was reused. Thumbnails are small JPEGs
 inside the page as data: URIs, so the file can be mailed or attached to a ticket; the page
 filters by verdict and stage and shows ``page_size`` groups at a time, all in the browser.
 """
@@ -37,13 +39,16 @@ THUMB_QUALITY = 75
 @dataclass(frozen=True)
 class Pair:
     """One match on the page: ``image_id`` matched the earlier ``match_id`` with this verdict,
-    stage, calibrated score and the stage's distance (None where the verdict has none)."""
+    stage, calibrated score and the stage's distance (None where the verdict has none), and what
+    the verify stage found when it decided (``evidence``: its inliers, agreement and the region of
+    ``match_id`` that the image shows, which the page draws on the earlier image)."""
     image_id: str
     match_id: str
     verdict: str
     stage: str
     score: float | None
     distance: float | None
+    evidence: dict[str, Any] | None = None
 
 
 @dataclass
@@ -114,7 +119,8 @@ def duplicate_groups(verdicts: Verdicts) -> list[Group]:
         group = groups.setdefault(root, Group(tenant=root[0], root=root[1]))
         group.pairs.append(Pair(image_id=key[1], match_id=doc["match_id"],
                                 verdict=doc["verdict"], stage=doc["stage"] or "",
-                                score=doc.get("score"), distance=doc.get("distance")))
+                                score=doc.get("score"), distance=doc.get("distance"),
+                                evidence=doc.get("evidence")))
     return sorted(groups.values(), key=lambda g: (-len(g.pairs), g.tenant, g.root))
 
 
@@ -175,8 +181,8 @@ def render(groups: list[Group], thumbs: dict[str, str | None], verdicts: Verdict
 def _group_json(group: Group) -> dict[str, Any]:
     return {"tenant": group.tenant, "root": group.root,
             "pairs": [{"id": p.image_id, "match": p.match_id, "verdict": p.verdict,
-                       "stage": p.stage, "score": p.score, "distance": p.distance}
-                      for p in group.pairs]}
+                       "stage": p.stage, "score": p.score, "distance": p.distance,
+                       "evidence": p.evidence} for p in group.pairs]}
 
 
 def images_in(groups: list[Group]) -> Iterator[str]:

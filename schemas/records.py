@@ -162,14 +162,18 @@ class Verdict:
     submitted_at: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     flags: list[Flag] = field(default_factory=list)
+    # What the verification stage found when it decided: kind of picture, inliers, agreement,
+    # the region of match_id that this image shows (absent otherwise)
+    evidence: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         doc = dataclasses.asdict(self)
         doc["verdict"] = self.verdict.value
         doc["flags"] = [flag.value for flag in self.flags]
-        if not self.metadata:
-            del doc["metadata"]
+        for optional in ("metadata", "evidence"):
+            if not doc[optional]:
+                del doc[optional]
         return doc
 
     def to_json(self) -> bytes:

@@ -79,3 +79,21 @@ def test_the_filter_and_the_pages_work_in_the_browser(scanned: Scanned, tmp_path
 
     dom, _ = chromium(scanned.page, "#stage=phash", tmp_path, "--dump-dom")
     assert {stage for _, stage in shown_pairs(dom)} == {"phash"}
+
+
+@needs_chromium
+def test_a_verified_match_marks_the_reused_region_on_the_earlier_image(scanned: Scanned,
+                                                                       tmp_path: Path) -> None:
+    verified = [v for v in scanned.verdicts if v["stage"] == "verify"]
+    assert verified, "the samples' crops are decided by the verify stage"
+    dom, log = chromium(scanned.page, "#stage=verify", tmp_path, "--dump-dom")
+    assert console_messages(log) == []
+    boxes = re.findall(r'class="region"[^>]*style="left:([\d.]+)%;top:([\d.]+)%;'
+                       r'width:([\d.]+)%;height:([\d.]+)%"', dom)
+    shown = shown_pairs(dom)
+    assert shown and all(stage == "verify" for _, stage in shown)
+    assert len(boxes) == len(shown)  # one box per pair, on its earlier image
+    expected = {tuple(round(100 * x, 2) for x in (r[0], r[1], r[2] - r[0], r[3] - r[1]))
+                for r in (v["evidence"]["region"] for v in verified)}
+    assert {tuple(float(x) for x in box) for box in boxes} <= expected
+    assert "inliers" in dom and "% agree" in dom

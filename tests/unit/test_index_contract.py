@@ -1,6 +1,7 @@
 """One contract for every index: add, search, remove, save/load, tenants never mix."""
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,11 @@ import faiss
 import numpy as np
 import pytest
 
-from dupwatch.index import BinaryIndex, ExactIndex, Hit, TenantIndexes, VectorIndex
+from PIL import Image
+
+from dupwatch.detectors.verify import VerifyStage
+from dupwatch.imaging import features
+from dupwatch.index import BinaryIndex, CandidateQuery, ExactIndex, Hit, TenantIndexes, VectorIndex
 from dupwatch.index.files import save_faiss
 from dupwatch.index.vector import VectorIndexOptions
 
@@ -30,6 +35,22 @@ def _vector(n: int) -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
 
+@functools.cache
+def _local_features(n: int) -> bytes:
+    """A real picture's local features: noise of seed n, blurred into texture."""
+    noise = np.random.default_rng(n).integers(0, 256, (48, 64), dtype=np.uint8)
+    picture = Image.fromarray(noise).resize((512, 384), Image.Resampling.BICUBIC)
+    return features.extract(picture.convert("RGB")).to_bytes()
+
+
+# Every key the tests below add: an index that checks named candidates is asked about all.
+_KEYS = (*(f"img-{n}" for n in range(50)), "first", "second", "third", "new", "a-img", "b-img")
+
+
+def _identity(signal: object) -> object:
+    return signal
+
+
 @dataclass(frozen=True)
 class Kind:
     new: Callable
@@ -37,6 +58,7 @@ class Kind:
     signal: Callable
     copy_distance: float = 0.0  # largest distance an exact copy may be found at
     malformed: object = None    # a signal the kind refuses (None: it takes any)
+    query: Callable = _identity  # what a search takes, from a signal
 
 
 _WRONG_SIDE = np.ones(16, dtype=np.float32)
@@ -54,6 +76,10 @@ KINDS: dict[str, Kind] = {
                            _WRONG_SIDE),
     "vector-hnsw-sq8": Kind(lambda: VectorIndex(32, HNSW), VectorIndex.load, _vector, 0.01,
                             _WRONG_SIDE),
+    # checks the candidates it is named (here every key), by local features
+    "features": Kind(VerifyStage().new_index, VerifyStage().load_index, _local_features,
+                     malformed=b"\x00" * (features.MAX_BYTES + 1),
+                     query=lambda signal: CandidateQuery(signal, _KEYS)),
 }
 
 
@@ -73,7 +99,7 @@ def test_add_then_search_finds_it_first(kind) -> None:
     index = _filled(kind)
     assert len(index) == 50
     for n in (0, 17, 49):
-        hits = index.search(kind.signal(n), 3)
+        hits = index.search(kind.query(kind.signal(n)), 3)
         assert hits[0].key == f"img-{n}" and hits[0].distance <= kind.copy_distance
 
 
@@ -81,7 +107,7 @@ def test_remove_forgets_and_reports_missing(kind) -> None:
     index = _filled(kind)
     assert index.remove("img-3") is True
     assert index.remove("img-3") is False
-    assert all(hit.key != "img-3" for hit in index.search(kind.signal(3), 50))
+    assert all(hit.key != "img-3" for hit in index.search(kind.query(kind.signal(3)), 50))
     assert len(index) == 49
 
 
@@ -89,9 +115,9 @@ def test_adding_a_key_again_replaces_its_signal(kind) -> None:
     index = _filled(kind)
     index.add("img-1", kind.signal(1000))
     assert len(index) == 50
-    assert index.search(kind.signal(1000), 1)[0].key == "img-1"
+    assert index.search(kind.query(kind.signal(1000)), 1)[0].key == "img-1"
     assert all(hit.key != "img-1" or hit.distance > kind.copy_distance
-               for hit in index.search(kind.signal(1), 5))
+               for hit in index.search(kind.query(kind.signal(1)), 5))
 
 
 def test_a_malformed_signal_for_a_held_key_leaves_its_old_signal(kind) -> None:
@@ -101,7 +127,7 @@ def test_a_malformed_signal_for_a_held_key_leaves_its_old_signal(kind) -> None:
     with pytest.raises(ValueError):
         index.add("img-1", kind.malformed)
     assert len(index) == 50
-    hits = index.search(kind.signal(1), 1)
+    hits = index.search(kind.query(kind.signal(1)), 1)
     assert hits[0].key == "img-1" and hits[0].distance <= kind.copy_distance
 
 
@@ -109,7 +135,7 @@ def test_ties_go_to_the_earliest_added(kind) -> None:
     index = _filled(kind)
     for key in ("first", "second", "third"):
         index.add(key, kind.signal(1000))
-    assert [hit.key for hit in index.search(kind.signal(1000), 3)] == ["first", "second", "third"]
+    assert [hit.key for hit in index.search(kind.query(kind.signal(1000)), 3)] == ["first", "second", "third"]
 
 
 def test_save_then_load_gives_the_same_answers(kind, tmp_path: Path) -> None:
@@ -119,23 +145,23 @@ def test_save_then_load_gives_the_same_answers(kind, tmp_path: Path) -> None:
     loaded = kind.load(tmp_path)
     assert len(loaded) == len(index)
     for n in range(0, 50, 7):
-        assert loaded.search(kind.signal(n), 5) == index.search(kind.signal(n), 5)
+        assert loaded.search(kind.query(kind.signal(n)), 5) == index.search(kind.query(kind.signal(n)), 5)
     loaded.add("new", kind.signal(999))  # insertion order continues after a load
-    assert loaded.search(kind.signal(999), 1)[0].key == "new"
+    assert loaded.search(kind.query(kind.signal(999)), 1)[0].key == "new"
 
 
 def test_tenants_never_see_each_other(kind, tmp_path: Path) -> None:
     tenants = TenantIndexes(kind.new, kind.load)
     tenants.for_tenant("a").add("a-img", kind.signal(1))
     tenants.for_tenant("b").add("b-img", kind.signal(2))
-    assert all(h.key == "a-img" for h in tenants.for_tenant("a").search(kind.signal(2), 10))
-    assert tenants.for_tenant("b").search(kind.signal(2), 10)[0].key == "b-img"
+    assert all(h.key == "a-img" for h in tenants.for_tenant("a").search(kind.query(kind.signal(2)), 10))
+    assert tenants.for_tenant("b").search(kind.query(kind.signal(2)), 10)[0].key == "b-img"
     assert tenants.existing("c") is None
     tenants.save(tmp_path)
     reloaded = TenantIndexes(kind.new, kind.load)
     reloaded.load(tmp_path)
     assert [name for name, _ in reloaded.tenants()] == ["a", "b"]
-    assert reloaded.for_tenant("b").search(kind.signal(2), 1)[0].key == "b-img"
+    assert reloaded.for_tenant("b").search(kind.query(kind.signal(2)), 1)[0].key == "b-img"
 
 
 def test_binary_distances_are_true_hamming_distances() -> None:

@@ -31,7 +31,7 @@ def test_the_cascade_it_scores_decides_as_the_workers_cascade(gathered: Path) ->
     photos = [Photo(path, path.name, "p", "photo") for path in files]
     evaluation = quality._eval_set(photos, limits, seed=7)
     stages, evidence = quality._fit(settings, EmbeddingModel.load(), evaluation)
-    predictions = {stage.name: quality._predict(stage, evaluation) for stage in stages}
+    predictions = quality._predict_all(stages, evaluation)
     scored = quality._cascade(stages, predictions, evidence, settings.min_score)
 
     cascade = Cascade(stages, limits, min_score=settings.min_score, search_k=quality.TOP_K,
