@@ -26,8 +26,8 @@ LOOKUP_ID = ""
 # stream batch's images, not all of them.
 DESCRIBE_CHUNK = 16
 # Candidates a verifying stage checks: each earlier stage's best few, at most VERIFY_MAX in all
-# (a check costs about a millisecond; the true original is among the embedding's best three
-# for nearly every copy it ranks at all: docs/benchmarks.md, verification).
+# (each check reads the candidate's features and verifies them, milliseconds: `dupwatch bench
+# features`).
 VERIFY_PER_STAGE = 3
 VERIFY_MAX = 8
 
@@ -215,7 +215,7 @@ class Cascade:
                    first: bool) -> list[_Run]:
         """One lookup for these stages; returns the runs still open after them."""
         described = self._describe(stages, runs)
-        queries = [Lookup(run.tenant, run.image_id, self._query_signals(stages, run, signals))
+        queries = [Lookup(run.tenant, run.image_id, self._query_signals(run, signals))
                    for run, signals in described]
         started = time.perf_counter()
         answers = self.store.lookup(queries, self.search_k)
@@ -266,13 +266,11 @@ class Cascade:
         return [(run, {stage.name: run.image.signals[stage.name] for stage in stages
                        if _applies(stage, run.image)}) for run in described]
 
-    @staticmethod
-    def _query_signals(stages: list[Stage], run: _Run, signals: dict[str, Any]) -> dict[str, Any]:
+    def _query_signals(self, run: _Run, signals: dict[str, Any]) -> dict[str, Any]:
         """What each stage searches with: its signal, or for a verifying stage its signal and the
         candidates to check."""
-        verifying = {stage.name for stage in stages if stage.verifies}
-        return {name: CandidateQuery(signal, to_verify(run.candidates)) if name in verifying
-                else signal for name, signal in signals.items()}
+        return {name: CandidateQuery(signal, to_verify(run.candidates))
+                if name in self._verifying else signal for name, signal in signals.items()}
 
     def _run_stage(self, stage: Stage, run: _Run, signal: Any, hits: list[Hit],
                    lookup_ms: float) -> Candidate | None:
@@ -345,15 +343,9 @@ class Cascade:
         refutes what the earlier stages saw. An earlier stage's decisive match stands where the
         verification lets it (``VerifyingStage.lets_stand``: photos it found no alignment for
         either way, as pixelated copies)."""
-        verifying = cast(VerifyingStage, stage)
         best, evidence = None, None
         for hit in hits:
-            score = round(stage.score(hit.distance), 6)
-            earlier = run.pending.get(hit.key)
-            if earlier is not None and verifying.lets_stand(hit.evidence or {}) and earlier.score > score:
-                found, found_evidence = earlier, None
-            else:
-                found, found_evidence = Candidate(hit.key, stage.name, score, hit.distance), hit.evidence
+            found, found_evidence = _after_check(cast(VerifyingStage, stage), hit, run.pending)
             if found.score >= self.min_score and (best is None or found.score > best.score):
                 best, evidence = found, found_evidence
         run.evidence = evidence
@@ -380,6 +372,17 @@ def build_cascade(settings: Settings,
                    search_k=cascade_options.search_k, top_k=cascade_options.top_k,
                    search_threads=cascade_options.search_threads, model_version=model_version,
                    match_only_tenants=cascade_options.match_only_tenants, evidence=evidence)
+
+
+def _after_check(stage: VerifyingStage, hit: Hit, pending: dict[str, Candidate]
+                 ) -> tuple[Candidate, dict[str, Any] | None]:
+    """A checked candidate as the verification leaves it, with the evidence the verdict carries:
+    the verification's own score, or the earlier stages' decisive one where it lets that stand."""
+    score = round(stage.score(hit.distance), 6)
+    earlier = pending.get(hit.key)
+    if earlier is not None and earlier.score > score and stage.lets_stand(hit.evidence or {}):
+        return earlier, None
+    return Candidate(hit.key, stage.name, score, hit.distance), hit.evidence
 
 
 def to_verify(candidates: list[Candidate]) -> tuple[str, ...]:

@@ -27,7 +27,7 @@ THUMB_QUALITY = 90          # the thumbnail is kept as a JPEG: ~1-2 KB instead o
 MAX_BYTES = 8192            # a whole signal, header included
 MAX_KEYPOINTS = 200         # as many as fit beside the thumbnail, at 36 bytes each
 ORB_KEYPOINTS = 500         # found before the strongest, spread over the picture, are kept
-FAST = 12                   # FAST corner threshold (0-255 grey): lower finds corners in softer pictures
+FAST = 12                   # FAST corner threshold (0-255 grey): lower finds softer corners
 _HEADER = struct.Struct("<4sBBHHHH")    # magic, version, kind, frame w, h, points, thumbnail bytes
 _POINT_BYTES = 36           # 2 x uint16 position (1/64 px: FRAME * 64 fits) + 32 descriptor bytes
 _MAGIC = b"DWLF"
@@ -106,8 +106,9 @@ class Verification:
     """What :func:`verify` found for a query against one reference.
 
     ``agreement``: share of the informative overlap cells whose content agrees once aligned (0
-    when there is no geometric consensus); ``cells``: how many were compared. ``region``: the query's outline in the reference, as fractions of the
-    reference's width and height (x0, y0, x1, y1, clipped), the part of it that the copy shows.
+    when there is no geometric consensus); ``cells``: how many were compared. ``region``: the
+    query's outline in the reference, as fractions of the reference's width and height (x0, y0,
+    x1, y1, clipped): the part of it that the copy shows.
     ``conclusive`` is False when either picture has too few keypoints to say anything."""
     conclusive: bool
     inliers: int = 0
@@ -225,13 +226,16 @@ def _one_to_one_matches(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 def _fits(src: np.ndarray, dst: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, str]]:
     """The query->reference transforms (3x3) that RANSAC finds with enough inliers and that are
-    not degenerate, each with its inlier mask and its model's name."""
-    fits = []
+    not degenerate, each with its inlier mask and its model's name. A homography is fitted only
+    where a similarity already found consensus: perspective copies keep enough inliers under a
+    similarity, and on unrelated pairs a homography's RANSAC runs all its iterations (it was
+    most of a scan's verification time)."""
     similarity, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC,
                                                    ransacReprojThreshold=RANSAC_PX, maxIters=2000)
-    if similarity is not None:
-        fits.append((np.vstack([similarity, [0, 0, 1]]), mask.ravel() > 0, "similarity"))
-    if len(src) >= HOMOGRAPHY_MATCHES:
+    if similarity is None:
+        return []
+    fits = [(np.vstack([similarity, [0, 0, 1]]), mask.ravel() > 0, "similarity")]
+    if fits[0][1].sum() >= MIN_INLIERS and len(src) >= HOMOGRAPHY_MATCHES:
         homography, mask = cv2.findHomography(src, dst, cv2.RANSAC, RANSAC_PX, maxIters=2000)
         if homography is not None:
             fits.append((homography, mask.ravel() > 0, "homography"))

@@ -16,8 +16,9 @@ from dupwatch.index.store import Entry, Found, LocalStore, Lookup, Store
 from dupwatch.index.tenants import TenantIndexes
 from dupwatch.index.vector import VectorIndex
 
-__all__ = ["BinaryIndex", "CandidateQuery", "Entry", "ExactIndex", "FeatureIndex", "Found", "Hit", "Index", "LocalStore", "Lookup",
-           "Store", "TenantIndexes", "VectorIndex", "set_search_threads"]
+__all__ = ["BinaryIndex", "CandidateQuery", "Entry", "ExactIndex", "FeatureIndex", "Found", "Hit",
+           "Index", "LocalStore", "Lookup", "Store", "TenantIndexes", "VectorIndex",
+           "set_search_threads"]
 
 
 def set_search_threads(threads: int) -> None:

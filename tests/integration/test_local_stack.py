@@ -241,7 +241,7 @@ def test_the_readme_runs_the_stack_in_four_commands(tmp_path: Path, samples) -> 
         started.append(worker)
         start = worker.wait_for("starting: broker", worker.stderr)
         for part in (env["DUPWATCH_BOOTSTRAP_SERVERS"], "group dupwatch", "dupwatch.images",
-                     "stages sha256,phash,phash_reoriented,embedding", "model encoder-", "store"):
+                     "stages sha256,phash,phash_reoriented,embedding,verify", "model encoder-", "store"):
             assert part in start, part
         worker.wait_for("rebalance: this worker now consumes .*dupwatch.images", worker.stderr)
         verdicts = Running([*DUPWATCH, *shlex.split(verdicts_cmd)[1:]], env)

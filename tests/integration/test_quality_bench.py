@@ -1,4 +1,5 @@
-"""`dupwatch bench quality` run as a user runs it: both splits and the look-alikes.
+"""`dupwatch bench quality` run as a user runs it: both splits, the look-alikes and the objects
+on white, each with the verify stage and without.
 (The `gathered` folder is a fixture in tests/conftest.py; the cascade replay is checked
 in-process in tests/unit/test_quality_bench.py.)"""
 from __future__ import annotations
@@ -25,6 +26,12 @@ def test_the_bench_reports_both_splits_and_the_lookalikes(gathered: Path, tmp_pa
         assert 0.0 <= method["micro_ap"] <= 1.0
         assert set(method["recall_per_family"]) == set(families)
         assert set(method["recall_per_kind"]) == {"photo", "other"}
-    assert report["lookalikes"]["images"] == 12
-    assert 0 <= report["lookalikes"]["matched"] <= 12
-    assert "look-alikes matched" in result.stdout
+    for method in ("cascade", "no_verify"):  # the worker's default, and without verification
+        assert set(sources[f"{method}_at_min_score"]["recall_per_family"]) == set(families)
+    for stream in ("lookalikes", "lookalikes_no_verify"):
+        assert report[stream]["images"] == 12 and 0 <= report[stream]["matched"] <= 12
+        assert f"{stream} matched" in result.stdout
+    for stream in ("plain_background", "plain_background_no_verify"):
+        # objects on white, one per gathered image, sharing ten outlines
+        assert report[stream]["images"] == 12 and 0 <= report[stream]["matched"] <= 12
+        assert f"{stream} matched" in result.stdout

@@ -18,7 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 from PIL import Image
 
 from dupwatch.detectors import build_cascade
-from dupwatch.index import LocalStore, Lookup
+from dupwatch.index import CandidateQuery, Entry, LocalStore, Lookup
 from dupwatch.index.codec import decode_entry
 from dupwatch.index.snapshot import MANIFEST
 from dupwatch.schemas import ImageEvent
@@ -324,11 +324,23 @@ def _difference_from_rebuild(restored: LocalStore, settings: Settings, shard: in
         apply(rebuilt, message)
     if restored.size() != rebuilt.size():
         return f"sizes {restored.size()} != rebuilt {rebuilt.size()}"
-    queries = [Lookup(e.tenant, e.image_id, e.signals) for e in
-               (decode_entry(m.key(), m.value()) for m in messages if m.value() is not None)]
+    queries = _lookups_of([decode_entry(m.key(), m.value()) for m in messages
+                           if m.value() is not None], settings)
     differing = [query.image_id for query, a, b in zip(queries, restored.lookup(queries, 8),
                                                        rebuilt.lookup(queries, 8)) if a != b]
     return f"lookups differ for {differing[:5]}" if differing else None
+
+
+def _lookups_of(entries: list[Entry], settings: Settings) -> list[Lookup]:
+    """Each stored image looked up with its own signals; a verifying stage (which checks named
+    candidates) checks it against every image of its tenant."""
+    verifying = {stage.name for stage in build_cascade(settings).stages if stage.verifies}
+    by_tenant: dict[str, list[str]] = {}
+    for entry in entries:
+        by_tenant.setdefault(entry.tenant, []).append(entry.image_id)
+    return [Lookup(e.tenant, e.image_id, {
+        name: CandidateQuery(signal, tuple(by_tenant[e.tenant])) if name in verifying else signal
+        for name, signal in e.signals.items()}) for e in entries]
 
 
 def test_a_snapshot_plus_the_changelog_tail_equals_a_full_rebuild(

@@ -71,6 +71,7 @@ def test_every_registered_stage_declares_whether_it_is_batched() -> None:
     options = Options.from_settings(Settings())
     cascade = build_cascade(Settings())
     assert {s.name: s.batched for s in cascade.stages} == {
-        "sha256": False, "phash": False, "phash_reoriented": False, "embedding": True}
+        "sha256": False, "phash": False, "phash_reoriented": False, "embedding": True,
+        "verify": False}
     assert all(callable(getattr(s, "describe_batch", None)) for s in cascade.stages if s.batched)
     assert options.cascade.stages == tuple(s.name for s in cascade.stages)
