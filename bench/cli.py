@@ -167,7 +167,8 @@ def _embedding_command(benches: Commands) -> None:
                             "content-region views) on --photos, CPU or CUDA, for each of "
                             "--backends. --profile adds, per backend, the milliseconds per image "
                             "of each step of the cascade run on its own (read, decode, cheap "
-                            "stages, views, preprocess, forward, search + decide + index) and "
+                            "stages, local features, views, preprocess, forward, search + "
+                            "decide + index) and "
                             "`dupwatch scan`'s images/s end to end (start-up excluded) over the "
                             "same photos, as JSON and a markdown table. The onnx backends need "
                             "`dupwatch model export` first.")

@@ -3,9 +3,9 @@ and, with ``--profile``, where the time of a scan goes, step by step, per image.
 
 The profile runs each step of the cascade over the same photos on its own, on this thread, in
 the order a scan runs them: read the file, decode, the cheap stages (SHA-256 and both pHashes),
-the verify stage's local features, building the embedding's views, preprocessing (resizing them to the encoder's input), the
-forward pass, and the rest of the cascade with every signal ready (index search, decisions,
-indexing). Then the same photos through `dupwatch scan` end to end (start-up excluded), where
+the verify stage's local features, building the embedding's views, preprocessing (resizing them
+to the encoder's input), the forward pass, and the rest of the cascade with every signal ready
+(index search, verification of candidates, decisions, indexing). Then the same photos through `dupwatch scan` end to end (start-up excluded), where
 decoding runs ahead in the decode processes, so the steps overlap and their sum is more than
 the scan's time per image.
 """
@@ -102,8 +102,9 @@ def _profile_batch(cascade: Cascade, stage: EmbeddingStage, files: list[ImageFil
     decoded = _timed(spent, "decode", lambda: [_decodes(image) for image in images])
     items = [(file, image) for file, image, ok in zip(files, images, decoded) if ok]
     images = [image for _, image in items]
-    for step, chosen in (("cheap stages", [s for s in cascade.stages if not (s.batched or s.verifies)]),
-                         ("local features", [s for s in cascade.stages if s.verifies])):
+    steps = (("cheap stages", [s for s in cascade.stages if not (s.batched or s.verifies)]),
+             ("local features", [s for s in cascade.stages if s.verifies]))
+    for step, chosen in steps:
         _timed(spent, step, lambda: [_signal(s, image) for s in chosen for image in images
                                      if _applies(s, image)])
     embedded = [image for image in images if _applies(stage, image)]
