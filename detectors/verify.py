@@ -19,6 +19,7 @@ decision stands; with a graphic reference it must be confirmed.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +91,16 @@ def compare(query: bytes, stored: bytes) -> tuple[float, dict[str, Any]]:
     """The verification's distance (1 - strength) and evidence (the reference's kind of picture
     and what the check found; no inliers when either picture has too few keypoints)."""
     reference = LocalFeatures.from_bytes(stored)
-    found = features.verify(LocalFeatures.from_bytes(query), reference)
+    found = features.verify(_query_features(query), reference)
     evidence = {"kind": reference.kind.label, **found.as_dict()}
     return round(1.0 - strength(found, reference.kind), 6), evidence
+
+
+@functools.lru_cache(maxsize=64)
+def _query_features(query: bytes) -> LocalFeatures:
+    """A query's features, unpacked once for all the candidates it is checked against (its
+    thumbnail is a JPEG to decode)."""
+    return LocalFeatures.from_bytes(query)
 
 
 def strength(found: Verification, kind: PictureKind) -> float:

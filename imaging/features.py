@@ -108,9 +108,8 @@ class Verification:
     ``agreement``: share of the informative overlap cells whose content agrees once aligned (0
     when there is no geometric consensus); ``cells``: how many were compared. ``region``: the
     query's outline in the reference, as fractions of the reference's width and height (x0, y0,
-    x1, y1, clipped): the part of it that the copy shows.
-    ``conclusive`` is False when either picture has too few keypoints to say anything."""
-    conclusive: bool
+    x1, y1, clipped): the part of it that the copy shows. No inliers: no alignment found, or
+    too few keypoints in either picture to look for one."""
     inliers: int = 0
     matches: int = 0
     agreement: float = 0.0
@@ -183,15 +182,15 @@ def verify(query: LocalFeatures, reference: LocalFeatures) -> Verification:
     Of the models that fit (a similarity; a homography, for perspective), the one under which
     the pictures agree best (see ``_explains_better``)."""
     if min(len(query.points), len(reference.points)) < MIN_MATCHES:
-        return Verification(conclusive=False)
+        return Verification()
     pairs = _one_to_one_matches(query.descriptors, reference.descriptors)
     if len(pairs) < MIN_MATCHES:
-        return Verification(conclusive=True, matches=len(pairs))
+        return Verification(matches=len(pairs))
     src, dst = query.points[pairs[:, 0]], reference.points[pairs[:, 1]]
     found = [_judge(query, reference, transform, int(inliers.sum()), model, len(pairs))
              for transform, inliers, model in _fits(src, dst)]
     return max(found, key=_explains_better,
-               default=Verification(conclusive=True, matches=len(pairs)))
+               default=Verification(matches=len(pairs)))
 
 
 def _explains_better(found: Verification) -> tuple[float, float]:
@@ -204,7 +203,7 @@ def _explains_better(found: Verification) -> tuple[float, float]:
 def _judge(query: LocalFeatures, reference: LocalFeatures, transform: np.ndarray, inliers: int,
            model: str, matches: int) -> Verification:
     agreement, cells = _agreement(query, reference, transform)
-    return Verification(True, inliers, matches, agreement,
+    return Verification(inliers, matches, agreement,
                         _explained(query, reference, transform, inliers), cells, model,
                         _region(query.frame, reference.frame, transform))
 
