@@ -124,9 +124,10 @@ class Settings:
     embedding_device: str = _opt("auto", "auto (CUDA when present), cuda or cpu.", "detection",
                                  used_by=ENCODER_USERS)
     embedding_backend: str = _opt(
-        "torch", "How the encoder runs: torch, onnx (ONNX Runtime, fp32) or onnx-int8 (int8, "
-        "faster on CPUs, slightly different descriptors); the onnx ones need `dupwatch model "
-        "export` first; speed: docs/benchmarks.md.", "detection",
+        "onnx", "How the encoder runs: onnx (ONNX Runtime, fp32, shipped), onnx-int8 (int8, "
+        "faster on CPUs with VNNI, slightly different descriptors; `dupwatch model export` "
+        "first) or torch (PyTorch, for GPUs: the gpu extra); speed: docs/benchmarks.md.",
+        "detection",
         used_by=ENCODER_USERS - {"model export"})
     export_dir: str = _opt(
         "", "Folder of the ONNX exports, made by `dupwatch model export` (empty: "

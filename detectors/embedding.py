@@ -48,7 +48,7 @@ class EmbeddingModel:
 
     @classmethod
     def load(cls, weights: Path | None = None, resolution: int = 160, device: str = "auto",
-             threads: int = 0, *, sha256: str | None = None, backend: str = "torch",
+             threads: int = 0, *, sha256: str | None = None, backend: str = "onnx",
              export_dir: Path | None = None) -> "EmbeddingModel":
         """The bundled encoder (``weights`` None), or the weights file ``weights``, which must
         have the SHA-256 ``sha256``, or be a bundled file by name (model/pinned.py). Raises
@@ -56,9 +56,7 @@ class EmbeddingModel:
         path, actual = pinned_weights(weights, sha256)
         runner = backends.build(backend, backends.BackendOptions(path, actual, device, threads,
                                                                  export_dir))
-        # The backend is part of the version: int8 descriptors are not the fp32 ones.
-        suffix = "" if backend == "torch" else f"+{backend}"
-        return cls(runner, resolution, f"{path.stem}+{actual[:12]}{suffix}")
+        return cls(runner, resolution, f"{path.stem}+{actual[:12]}{runner.version_suffix}")
 
     @classmethod
     def from_options(cls, options: EmbeddingOptions) -> "EmbeddingModel":

@@ -1,6 +1,6 @@
-"""Ways to run the encoder, registered by name: ``torch`` (the trained module as is), ``onnx``
-(ONNX Runtime on an export of the same weights, fp32) and ``onnx-int8`` (the export quantised to
-int8). Each takes the same uint8 pixels and returns the same kind of descriptor; the contract
+"""Ways to run the encoder, registered by name: ``onnx`` (the default: ONNX Runtime on the fp32
+export of the weights, shipped for the bundled ones), ``onnx-int8`` (the export quantised to
+int8) and ``torch`` (the trained module in PyTorch: the ``gpu`` or ``train`` extra). Each takes the same uint8 pixels and returns the same kind of descriptor; the contract
 tests (tests/test_embedding_backends.py) hold every one of them to it.
 
 A new backend is one module with a class and one ``@register("name")`` line, plus its name in
@@ -34,6 +34,7 @@ class EmbeddingBackend(Protocol):
     name: str
     device: str
     dim: int
+    version_suffix: str   # added to the model's version where descriptors differ beyond rounding
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
         """(N, R, R, 3) uint8 RGB -> (N, dim) float32 unit vectors."""

@@ -1,9 +1,12 @@
-"""`dupwatch model export`: ONNX files made from the pinned weights, for the onnx backends.
+"""ONNX files made from the pinned weights, for the onnx backends: the shipped fp32 export of each
+bundled weights file, and `dupwatch model export`'s.
 
-Exports are generated, not shipped: they are a function of the weights (pinned by the code in
-model/pinned.py) and of the exporter's version, they are large (15 MB fp32, 4 MB int8 per weights
-file), and the export is deterministic (the same weights and versions give the same bytes; a test
-checks), so a build makes them again with one command. Each file is named by the SHA-256 of the
+The fp32 export of the bundled weights ships in artifacts/weights/ (15 MB), pinned by its SHA-256
+in model/pinned.py like the weights, so the default install runs the encoder on ONNX Runtime
+without PyTorch. The export is deterministic (the same weights and versions give the same bytes;
+a test exports again and compares with the shipped file). Other exports are made by `dupwatch
+model export`: the int8 one (from the shipped fp32 graph: ONNX Runtime and ``onnx`` suffice) and
+those of weights of your own (PyTorch: the ``train`` extra). Each such file is named by the SHA-256 of the
 weights it came from, so new weights (encoder v3) never meet an export of the old ones, and a
 manifest beside it records the SHA-256 of the ONNX bytes, checked at every load. An ONNX graph
 is data that ONNX Runtime interprets (unlike a pickled .pt, loading one runs no Python), so a
@@ -24,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dupwatch.locations import samples_dir
+from dupwatch.locations import artifact, samples_dir
 from dupwatch.model.backends import BackendError, pixels_of
+from dupwatch.model.pinned import BUNDLED_EXPORTS
 
 # Backend name -> the export it runs.
 KINDS = {"onnx": "fp32", "onnx-int8": "int8"}
@@ -77,12 +81,48 @@ class ExportFile:
         return data
 
 
+@dataclass(frozen=True)
+class ShippedExport:
+    """The fp32 export shipped for bundled weights: ``path`` in artifacts/weights/, whose bytes
+    must have the SHA-256 ``sha256`` that model/pinned.py records."""
+    path: Path
+    sha256: str
+
+    def read_checked(self) -> bytes:
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise BackendError(f"cannot read the shipped export {self.path}: {exc.strerror}; "
+                               "reinstall dupwatch") from None
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != self.sha256:
+            raise BackendError(f"shipped export {self.path} has SHA-256 {actual}, expected "
+                               f"{self.sha256}: the file was changed or damaged; reinstall "
+                               "dupwatch")
+        return data
+
+
+def shipped_export(weights_sha256: str) -> ShippedExport | None:
+    """The fp32 export shipped for these weights, if they are bundled ones."""
+    shipped = BUNDLED_EXPORTS.get(weights_sha256)
+    return ShippedExport(artifact(f"weights/{shipped[0]}"), shipped[1]) if shipped else None
+
+
+def find_export(folder: Path, weights_sha256: str, kind: str) -> ShippedExport | ExportFile:
+    """Where the ``kind`` export of these weights is: shipped (fp32 of bundled weights), else the
+    one `dupwatch model export` writes into ``folder``."""
+    shipped = shipped_export(weights_sha256) if kind == "fp32" else None
+    return shipped or ExportFile(folder, weights_sha256, kind)
+
+
 def export(weights: Path, weights_sha256: str, folder: Path,
            kinds: tuple[str, ...] = ("fp32", "int8")) -> list[ExportFile]:
     """Write the ONNX exports of pinned ``weights`` into ``folder`` (atomically, with their
-    manifests); returns them."""
+    manifests); returns them. The fp32 graph is the shipped one for bundled weights (PyTorch
+    makes it otherwise)."""
     folder.mkdir(parents=True, exist_ok=True)
-    fp32 = _torch_export(weights)
+    shipped = shipped_export(weights_sha256)
+    fp32 = shipped.read_checked() if shipped else torch_export(weights)
     made = []
     for kind in kinds:
         data = fp32 if kind == "fp32" else _quantised(fp32)
@@ -93,7 +133,8 @@ def export(weights: Path, weights_sha256: str, folder: Path,
     return made
 
 
-def _torch_export(weights: Path) -> bytes:
+def torch_export(weights: Path) -> bytes:
+    """The fp32 ONNX graph of the weights, made by PyTorch's exporter (the ``train`` extra)."""
     import torch
 
     from dupwatch.model.encoder import Encoder, load_exported
@@ -149,11 +190,20 @@ def as_input(pixels: np.ndarray) -> np.ndarray:
 
 
 def _record(kind: str, weights_sha256: str, data: bytes) -> dict:
-    from importlib.metadata import version
-
     return {"kind": kind, "weights_sha256": weights_sha256,
             "onnx_sha256": hashlib.sha256(data).hexdigest(),
-            "exported_with": {name: version(name) for name in ("torch", "onnx", "onnxruntime")}}
+            "exported_with": {name: _version_of(name) for name in ("torch", "onnx", "onnxruntime")}}
+
+
+def _version_of(package: str) -> str | None:
+    """The installed version, None where it is not installed (int8 from the shipped graph
+    needs no PyTorch)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -7,15 +7,18 @@ from dupwatch.model.backends import BackendError, BackendOptions, register
 
 
 class OnnxBackend:
-    """The ``onnx`` and ``onnx-int8`` backends: ONNX Runtime on the checked export (``dupwatch model
-    export``) of the pinned weights, on CUDA when asked or available. Raises BackendError when the
-    export is missing or damaged, or CUDA is asked of a CPU-only onnxruntime."""
+    """The ``onnx`` and ``onnx-int8`` backends: ONNX Runtime on the checked export of the pinned
+    weights (fp32: shipped for the bundled weights; int8 and other weights' exports: ``dupwatch
+    model export``), on CUDA when asked or available. Raises BackendError when the export is
+    missing or damaged, or CUDA is asked of a CPU-only onnxruntime."""
     def __init__(self, name: str, options: BackendOptions) -> None:
         import onnxruntime as ort
 
-        from dupwatch.model.backends.export import KINDS, ExportFile, default_dir
+        from dupwatch.model.backends.export import KINDS, default_dir, find_export
 
         self.name = name
+        # fp32 gives the trained module's descriptors up to rounding; int8 ones are others.
+        self.version_suffix = "" if KINDS[name] == "fp32" else f"+{name}"
         available = ort.get_available_providers()
         wants_cuda = options.device == "cuda" or (options.device == "auto"
                                                   and "CUDAExecutionProvider" in available)
@@ -23,7 +26,8 @@ class OnnxBackend:
             raise BackendError(f"backend {name} on cuda needs onnxruntime-gpu; this onnxruntime "
                                f"has only {', '.join(available)}")
         self.device = "cuda" if wants_cuda else "cpu"
-        export = ExportFile(options.export_dir or default_dir(), options.weights_sha256, KINDS[name])
+        kind = KINDS[name]
+        export = find_export(options.export_dir or default_dir(), options.weights_sha256, kind)
         session_options = ort.SessionOptions()
         session_options.intra_op_num_threads = options.threads
         # No busy-waiting between operators: the cores are shared with the decode processes.

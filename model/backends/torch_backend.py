@@ -11,6 +11,7 @@ class TorchBackend:
     """The ``torch`` backend: the trained :class:`Encoder` loaded from the pinned weights, fp32 on
     CPUs and fp16 on CUDA."""
     name = "torch"
+    version_suffix = ""
 
     def __init__(self, options: BackendOptions) -> None:
         import torch

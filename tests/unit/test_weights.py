@@ -18,7 +18,9 @@ from dupwatch.model.train import TrainConfig, TrainingError, train
 
 def test_the_bundled_weights_are_pinned_in_the_package_with_no_file_beside_them() -> None:
     assert pinned.BUNDLED_WEIGHTS[pinned.DEFAULT] == hashlib.sha256(DEFAULT_WEIGHTS.read_bytes()).hexdigest()
-    assert [p.name for p in DEFAULT_WEIGHTS.parent.iterdir()] == [DEFAULT_WEIGHTS.name]
+    shipped = {name for name, _ in pinned.BUNDLED_EXPORTS.values()}
+    # the weights and their shipped ONNX export, each pinned above; no .sha256 file beside them
+    assert {p.name for p in DEFAULT_WEIGHTS.parent.iterdir()} == {DEFAULT_WEIGHTS.name, *shipped}
     assert EmbeddingModel.load().version == f"encoder-v3+{pinned.BUNDLED_WEIGHTS['encoder-v3.pt'][:12]}"
 
 
@@ -30,7 +32,7 @@ def test_weights_the_code_does_not_pin_are_refused_whatever_lies_beside_them(oth
 
 def test_weights_load_with_the_sha256_given_for_them(other_weights) -> None:
     weights, digest = other_weights
-    model = EmbeddingModel.load(weights, sha256=digest.upper())
+    model = EmbeddingModel.load(weights, sha256=digest.upper(), backend="torch")
     assert model.version == f"encoder-custom+{digest[:12]}"
     with pytest.raises(WeightsMismatch, match="changed, damaged or swapped"):
         EmbeddingModel.load(weights, sha256=pinned.BUNDLED_WEIGHTS["encoder-v3.pt"])
