@@ -170,8 +170,9 @@ def _embedding_command(benches: Commands) -> None:
                             "stages, local features, views, preprocess, forward, search + "
                             "decide + index) and "
                             "`dupwatch scan`'s images/s end to end (start-up excluded) over the "
-                            "same photos, as JSON and a markdown table. The onnx backends need "
-                            "`dupwatch model export` first.")
+                            "same photos, as JSON and a markdown table; --peer times SSCD int8 "
+                            "and `dupwatch scan` side by side. onnx-int8 needs `dupwatch model "
+                            "export` first.")
     embedding.add_argument("--backends", default=None, metavar="NAME,NAME",
                            help="backends to measure side by side: torch, onnx, onnx-int8 "
                                 "(default: --embedding-backend)")
@@ -180,6 +181,10 @@ def _embedding_command(benches: Commands) -> None:
                            help="images per forward-pass measurement (the photos reused)")
     embedding.add_argument("--profile", action="store_true",
                            help="profile each step per image, and time `dupwatch scan`")
+    embedding.add_argument("--peer", action="store_true",
+                           help="also time the best open descriptor over the same photos (SSCD's "
+                                "ResNet-50, int8, 288 px; built once, needs the train extra) and "
+                                "`dupwatch scan` beside it")
     embedding.add_argument("--photos", action="append", default=[], metavar="DIR",
                            help="photos to use; repeat for more (default: the bundled samples)")
     _add_out(embedding, "embedding")
@@ -195,7 +200,7 @@ def _embedding(settings: Settings, args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     return run_embedding_bench(settings, backends, args.batch_sizes, args.images, args.profile,
-                               args.photos, args.out)
+                               args.peer, args.photos, args.out)
 
 
 def _index_command(benches: Commands) -> None:

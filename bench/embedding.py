@@ -15,6 +15,7 @@ import os
 import time
 from typing import Callable
 
+from dupwatch.bench.peer import sscd_int8_rate
 from dupwatch.bench.report import machine, markdown_table, write_results
 from dupwatch.detectors import Cascade
 from dupwatch.imaging.image import ImageInput
@@ -32,11 +33,16 @@ PROFILE_STEPS = ("read", "decode", "cheap stages", "local features", "views", "p
 
 
 def run_embedding_bench(settings: Settings, backends: list[str], batch_sizes: list[int],
-                        count: int, profile: bool, photos: list[str], out: str) -> int:
+                        count: int, profile: bool, peer: bool, photos: list[str],
+                        out: str) -> int:
     files = image_files(photos or [str(samples_dir())]).files
     results: dict = {"benchmark": "embedding", "photos": photos or ["(bundled samples)"],
                      "files": len(files), "load_average_before": _load(), "backends": {}}
     rows = []
+    if peer:
+        results["peer"] = sscd_int8_rate(files, settings.embedding_threads)
+        rows.append(("peer", f"{results['peer']['name']}: "
+                             f"{results['peer']['images_per_s']:.1f} images/s"))
     for name in backends:
         chosen = settings.replace(embedding_backend=name, state_dir="")
         result = results["backends"][name] = _forward_rates(chosen, files, batch_sizes, count)
@@ -45,13 +51,22 @@ def run_embedding_bench(settings: Settings, backends: list[str], batch_sizes: li
                  for size, rates in result["batches"].items()]
         if profile:
             result["profile_ms_per_image"] = _profile(chosen, files)
+        if profile or peer:
             result["scan"] = _scan_rate(chosen, files)
+            rows.append((f"{name} scan", _scan_row(result["scan"], results.get("peer"))))
     results["load_average_after"] = _load()
     results["machine"] = machine()
     write_results(out, results, rows)
     if profile:
         print(profile_table(results))
     return 0
+
+
+def _scan_row(scan_rate: dict, peer: dict | None) -> str:
+    row = f"`dupwatch scan` {scan_rate['images_per_s']:.1f} images/s"
+    if peer:
+        row += f", {scan_rate['images_per_s'] / peer['images_per_s']:.2f}x the peer's"
+    return row
 
 
 def profile_table(results: dict) -> str:

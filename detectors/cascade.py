@@ -142,10 +142,23 @@ class Cascade:
 
         Raises :class:`dupwatch.schemas.Rejected` for bytes that cannot be decoded.
         """
-        result = self.check_batch([(tenant, LOOKUP_ID, image)], index=False, top_k=top_k)[0]
-        if isinstance(result, Rejected):
-            raise result
-        return result
+        answers: dict[int, CascadeResult | Rejected] = {}
+        self.look_up_batch([(tenant, image, top_k)], answers.__setitem__)
+        if isinstance(answers[0], Rejected):
+            raise answers[0]
+        return answers[0]
+
+    def look_up_batch(self, queries: list[tuple[str, ImageInput, int | None]],
+                      answered: Callable[[int, CascadeResult | Rejected], None]) -> None:
+        """:meth:`look_up` for several images at once (one forward pass for those that need
+        the embedding), each against the index alone, never against another query. Calls
+        ``answered(i, result)`` as soon as query ``i`` is settled: a query the hashes settle
+        is answered before the others' embedding runs."""
+        set_search_threads(self.search_threads)
+        runs = [_Run(tenant, LOOKUP_ID, image, top_k=self.top_k if top_k is None else top_k)
+                for tenant, image, top_k in queries]
+        number_of = {id(run): n for n, run in enumerate(runs)}
+        self._check_runs(runs, None, lambda run: answered(number_of[id(run)], run.result))
 
     def check_batch(self, items: list[tuple[str, str, ImageInput]], *,
                     index: bool = True, top_k: int | None = None) -> list[CascadeResult | Rejected]:
@@ -164,18 +177,28 @@ class Cascade:
                     tenant, image_id, image, top_k=self.top_k if top_k is None else top_k)
                 if any(key[:2] == (tenant, image_id) for key in runs if key[2] != image.digest):
                     run.flags.add(Flag.IMAGE_ID_REUSED)
-        within_batch = self.new_local_store()
-        pending = list(runs.values())
-        for number, stages in enumerate(self._rounds()):
-            if number:
-                self.pause_point()
-            pending = self._run_round(stages, pending, within_batch, first=number == 0)
-        for run in pending:
-            run.result = self._result(None, run)
+        self._check_runs(list(runs.values()), self.new_local_store())
         if index:
             self.store.add([self._entry(run) for run in runs.values() if self._indexes(run)])
         return [runs[tenant, image_id, image.digest].result  # type: ignore[misc]
                 for tenant, image_id, image in items]
+
+    def _check_runs(self, runs: list[_Run], within_batch: LocalStore | None,
+                    settled: Callable[[_Run], None] = lambda run: None) -> None:
+        """Every run's result, round by round; ``settled(run)`` as each one's is final. Runs are
+        checked against each other too (as if one by one) when ``within_batch`` holds them."""
+        pending = runs
+        for number, stages in enumerate(self._rounds()):
+            if number:
+                self.pause_point()
+            still_open = self._run_round(stages, pending, within_batch, first=number == 0)
+            for run in pending:
+                if run.result is not None:
+                    settled(run)
+            pending = still_open
+        for run in pending:
+            run.result = self._result(None, run)
+            settled(run)
 
     def add_to_bank(self, tenant: str, image_id: str, image: ImageInput) -> None:
         """Index an image under every stage, with no verdict: an entry of a moderation bank
@@ -211,7 +234,7 @@ class Cascade:
             rounds[-1].append(stage)
         return rounds
 
-    def _run_round(self, stages: list[Stage], runs: list[_Run], within_batch: LocalStore,
+    def _run_round(self, stages: list[Stage], runs: list[_Run], within_batch: LocalStore | None,
                    first: bool) -> list[_Run]:
         """One lookup for these stages; returns the runs still open after them."""
         described = self._describe(stages, runs)
@@ -228,14 +251,16 @@ class Cascade:
                     run.redelivered = True
                     continue
                 run.flags.add(Flag.IMAGE_ID_REUSED)
-            answer.merge(within_batch.lookup([query], self.search_k)[0], self.search_k)
+            if within_batch is not None:
+                answer.merge(within_batch.lookup([query], self.search_k)[0], self.search_k)
             for stage in (stage for stage in stages if stage.name in signals):
                 match = self._run_stage(stage, run, signals[stage.name],
                                         answer.hits.get(stage.name, []), lookup_ms)
                 if match is not None:
                     run.result = self._result(match, run)
                     break
-            within_batch.add([self._entry(run)])
+            if within_batch is not None:
+                within_batch.add([self._entry(run)])
             if run.result is None:
                 still_open.append(run)
         return still_open

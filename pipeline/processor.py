@@ -15,7 +15,7 @@ import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 from dupwatch.detectors import Cascade, CascadeResult
 
@@ -70,9 +70,10 @@ class Processor:
     """Turns records into verdicts or dead letters, batch by batch.
 
     Parsing runs on ``decode_threads`` threads, fetching on threads of its own (Fetches),
-    decoding in ``decode_threads`` processes (DecodePool); then the cascade checks a batch of
-    ready records on the calling thread as if record by record, so results do not depend on the
-    batching.
+    decoding in ``decode_threads`` processes (DecodePool), then each stage's per-image work
+    (hashes, local features, the embedding's views) on the ahead thread, while the calling
+    thread checks the batch before; then the cascade checks a batch of ready records on the
+    calling thread as if record by record, so results do not depend on the batching.
     """
 
     def __init__(self, settings: Settings, cascade: Cascade) -> None:
@@ -81,6 +82,7 @@ class Processor:
         self._parsers = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="dupwatch-parse")
         self._fetches = Fetches(settings)
         self._decodes = DecodePool(cascade.limits, settings.decode_threads)
+        self._ahead = ThreadPoolExecutor(1, thread_name_prefix="dupwatch-ahead")
 
     def handle_batch(self, records: list[InputRecord]) -> list[Verdict | DeadLetter]:
         """Outcomes for ``records``, in order, waiting for every one to be ready."""
@@ -133,7 +135,7 @@ class Processor:
         pending = Pending(InputRecord(body))
         with self._errors_into(pending):
             if not is_event:
-                pending.preparing = self._decodes.submit(tenant, self._image(body))
+                pending.preparing = self._described(self._decodes.submit(tenant, self._image(body)))
                 return pending
             pending.event = self._parsed(body)
             if pending.event.tenant != tenant and _names_tenant(body):
@@ -142,18 +144,21 @@ class Processor:
             self._start_preparing(pending, tenant)
         return pending
 
-    def look_up(self, pending: Pending, tenant: str, top_k: int | None = None) -> CascadeResult:
-        """On the cascade's thread, once ``pending`` is ready: what checking its image would
-        answer now, indexing nothing. Raises Rejected (a dead-letter reason) for input that is
-        not an image the cascade can read."""
-        self._take_prepared(pending)
-        if pending.error is None:
-            with self._errors_into(pending):
-                pending.result = self.cascade.look_up(tenant, pending.image, top_k)  # type: ignore[arg-type]
-        if pending.error is not None:
-            raise pending.error
-        assert isinstance(pending.result, CascadeResult)
-        return pending.result
+    def look_up_batch(self, lookups: list[tuple[Pending, str, int | None]],
+                      answered: Callable[[int, CascadeResult | Rejected], None]) -> None:
+        """On the cascade's thread, once each ``(pending, tenant, top_k)`` is ready: what checking
+        its image would answer now, indexing nothing; ``answered(i, result)`` as each is settled
+        (the cascade's look_up_batch). Input that is not an image the cascade can read is
+        answered with its Rejected (a dead-letter reason)."""
+        readable = []
+        for number, (pending, tenant, top_k) in enumerate(lookups):
+            self._take_prepared(pending)
+            if pending.error is None:
+                readable.append((number, tenant, pending.image, top_k))
+            else:
+                answered(number, pending.error)
+        self.cascade.look_up_batch([(tenant, image, top_k) for _, tenant, image, top_k in readable],
+                                   lambda n, result: answered(readable[n][0], result))
 
     def _parse(self, record: InputRecord) -> Pending:
         pending = Pending(record)
@@ -171,10 +176,31 @@ class Processor:
         event = pending.event
         assert event is not None
         if event.data is not None:
-            pending.preparing = self._decodes.submit(tenant, self._image(event.data))
+            decoding = self._decodes.submit(tenant, self._image(event.data))
         else:
             pending.fetch = self._fetches.fetch(tenant, event.uri or "")
-            pending.preparing = self._fetched_then_decoded(tenant, pending.fetch)
+            decoding = self._fetched_then_decoded(tenant, pending.fetch)
+        pending.preparing = self._described(decoding)
+
+    def _described(self, decoding: Future[ImageInput]) -> Future[ImageInput]:
+        """``decoding``, then the stages' per-image work on the ahead thread
+        (Cascade.describe_ahead), so the checking thread finds it done."""
+        described: Future[ImageInput] = Future()
+
+        def describe(decoded: Future[ImageInput]) -> None:
+            if decoded.exception() is not None:
+                _pass_on(decoded, described)
+            else:
+                self._ahead.submit(self._describe_ahead, decoded.result(), described)
+        decoding.add_done_callback(describe)
+        return described
+
+    def _describe_ahead(self, image: ImageInput, described: Future[ImageInput]) -> None:
+        try:
+            self.cascade.describe_ahead(image)
+        except Exception:  # noqa: S110  a fault check_batch meets again on the checking
+            pass           # thread, where it becomes the record's outcome
+        described.set_result(image)
 
     def _fetched_then_decoded(self, tenant: str, fetch: Future[bytes]) -> Future[ImageInput]:
         prepared: Future[ImageInput] = Future()

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
 from PIL import Image
 
-from dupwatch.detectors import Cascade, build_cascade
+from dupwatch.detectors import build_cascade
 from dupwatch.schemas import DeadLetter, ImageEvent, Reason, Rejected, Verdict, utc_now
 from dupwatch.settings import Settings
 from dupwatch.pipeline.processor import InputRecord, Pending, Processor
@@ -76,20 +75,17 @@ def scan(settings: Settings, files: list[ImageFile], tenant: str,
     """Outcomes in file order, checked as a worker checks them: ``batch_size`` files at a time,
     each against every file before it. While one batch goes through the cascade (its forward
     pass), the next one is decoded in the decode processes and its per-image work (hashes,
-    content regions, resizing) is done on a thread of its own, so both cores stay busy.
-    ``processor``: one already started (None: one for ``settings``)."""
+    local features, content regions, resizing) is done on the processor's ahead thread, so both
+    cores stay busy. ``processor``: one already started (None: one for ``settings``)."""
     processor = processor or scan_processor(settings)
     size = max(1, settings.batch_size)
     batches = [files[start:start + size] for start in range(0, len(files), size)]
-    with ThreadPoolExecutor(1, thread_name_prefix="dupwatch-ahead") as ahead_thread:
-        def taken_in(batch: list[ImageFile]) -> _Batch:
-            slots, pending = _taken_in(processor, batch, tenant, settings)
-            return slots, pending, ahead_thread.submit(_described_ahead, processor.cascade, pending)
-        ahead = taken_in(batches[0]) if batches else None
-        for number in range(len(batches)):
-            current = ahead
-            ahead = taken_in(batches[number + 1]) if number + 1 < len(batches) else None
-            yield from _settled(processor, *current)  # type: ignore[misc]
+    ahead = _taken_in(processor, batches[0], tenant, settings) if batches else None
+    for number in range(len(batches)):
+        current = ahead
+        if number + 1 < len(batches):
+            ahead = _taken_in(processor, batches[number + 1], tenant, settings)
+        yield from _settled(processor, *current)  # type: ignore[misc]
 
 
 def scan_processor(settings: Settings) -> Processor:
@@ -97,12 +93,11 @@ def scan_processor(settings: Settings) -> Processor:
 
 
 _Slots = list[tuple[ImageFile, DeadLetter | None]]   # a file and its outcome if known already
-_Batch = tuple[_Slots, list[Pending], Future]
 
 
 def _taken_in(processor: Processor, files: list[ImageFile], tenant: str,
               settings: Settings) -> tuple[_Slots, list[Pending]]:
-    """Read and parse a batch and start decoding it; returns without waiting for the decodes."""
+    """Read and parse a batch and start preparing it; returns without waiting for it."""
     slots: _Slots = []
     records = []
     for file in files:
@@ -117,19 +112,8 @@ def _taken_in(processor: Processor, files: list[ImageFile], tenant: str,
     return slots, processor.intake(records)
 
 
-def _described_ahead(cascade: Cascade, pending: list[Pending]) -> None:
-    """Each image's per-image stage work, as soon as it is decoded."""
-    for item in pending:
-        try:
-            if item.preparing is not None:
-                cascade.describe_ahead(item.preparing.result())
-        except Exception:  # noqa: S112  undecodable, or a fault that check_batch meets again
-            continue       # on the main thread, where it becomes the record's outcome
-
-
-def _settled(processor: Processor, slots: _Slots, pending: list[Pending],
-             ahead: Future) -> Iterator[tuple[ImageFile, Outcome]]:
-    ahead.result()  # never computed twice: the main thread starts once the thread is done
+def _settled(processor: Processor, slots: _Slots,
+             pending: list[Pending]) -> Iterator[tuple[ImageFile, Outcome]]:
     outcomes = iter(processor.settle(pending))
     for file, known in slots:
         yield file, known if known is not None else next(outcomes)

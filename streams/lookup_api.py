@@ -29,6 +29,7 @@ from dupwatch.schemas import Reason, Rejected, schema
 from dupwatch.settings import Settings
 from dupwatch.pipeline import metrics
 from dupwatch.streams.cascade_thread import CascadeThread
+from dupwatch.streams.lookup_batches import LookupBatches
 from dupwatch.pipeline.processor import Processor
 
 TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # as the image event's schema says
@@ -140,14 +141,14 @@ class LookupRequest:
 
 class LookupService:
     """Takes lookups in (bounded), prepares their images as the stream does, and runs them on
-    the cascade's thread ahead of stream work."""
+    the cascade's thread ahead of stream work, those waiting together (LookupBatches)."""
 
     def __init__(self, settings: Settings, processor: Processor, thread: CascadeThread,
                  tokens: Tokens) -> None:
         self.settings = settings
         self.processor = processor
         self.tokens = tokens
-        self._thread = thread
+        self._batches = LookupBatches(processor, thread)
         self._taken = 0
 
     def admit(self, request: LookupRequest, authorization: str | None) -> None:
@@ -192,8 +193,8 @@ class LookupService:
         if pending.preparing is not None:  # fetching and decoding, in the tenant's turn
             await asyncio.wait([asyncio.wrap_future(pending.preparing)])
         try:
-            result = await asyncio.wrap_future(self._thread.submit_urgent(
-                self.processor.look_up, pending, request.tenant, request.top_k))
+            result = await asyncio.wrap_future(
+                self._batches.submit(pending, request.tenant, request.top_k))
         except Rejected as rejection:
             raise ApiError.rejected(rejection) from None
         event = pending.event

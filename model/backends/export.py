@@ -125,10 +125,10 @@ def export(weights: Path, weights_sha256: str, folder: Path,
     fp32 = shipped.read_checked() if shipped else torch_export(weights)
     made = []
     for kind in kinds:
-        data = fp32 if kind == "fp32" else _quantised(fp32)
+        data = fp32 if kind == "fp32" else quantised(fp32)
         target = ExportFile(folder, weights_sha256, kind)
-        _write(target.path, data)
-        _write(target.manifest, json.dumps(_record(kind, weights_sha256, data), indent=2).encode())
+        write_atomically(target.path, data)
+        write_atomically(target.manifest, json.dumps(_record(kind, weights_sha256, data), indent=2).encode())
         made.append(target)
     return made
 
@@ -153,11 +153,13 @@ def torch_export(weights: Path) -> bytes:
         return path.read_bytes()
 
 
-def _quantised(fp32: bytes) -> bytes:
+def quantised(fp32: bytes, resolution: int = CALIBRATION_RESOLUTION) -> bytes:
+    """The fp32 graph (input ``pixels``) quantised to int8, activation ranges calibrated on the
+    bundled sample photos at ``resolution``."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    pixels = _calibration_pixels()
+    pixels = _calibration_pixels(resolution)
     batches = iter([{"pixels": as_input(pixels[start:start + 8])}
                     for start in range(0, len(pixels), 8)])
 
@@ -175,13 +177,13 @@ def _quantised(fp32: bytes) -> bytes:
         return target.read_bytes()
 
 
-def _calibration_pixels() -> np.ndarray:
+def _calibration_pixels(resolution: int) -> np.ndarray:
     """The bundled sample photos (originals, unrelated photos and their copies), in name order."""
     from PIL import Image
 
     root = samples_dir()
     images = [Image.open(path).convert("RGB") for path in sorted(root.glob("*/*.jpg"))]
-    return pixels_of(images, CALIBRATION_RESOLUTION)
+    return pixels_of(images, resolution)
 
 
 def as_input(pixels: np.ndarray) -> np.ndarray:
@@ -206,7 +208,7 @@ def _version_of(package: str) -> str | None:
         return None
 
 
-def _write(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
     """Atomically: a reader sees the old file or the new one, never half of one."""
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.") as tmp:
         tmp.write(data)

@@ -15,6 +15,8 @@ from dupwatch.schemas import Rejected, VerdictLabel
 from dupwatch.settings import Settings
 from dupwatch.streams.cascade_thread import CascadeThread
 from dupwatch.streams.lookup_api import ApiError, LookupRequest, LookupService, TokenError, Tokens
+from dupwatch.streams.lookup_batches import LookupBatches
+from dupwatch.pipeline.processor import Processor
 from dupwatch.imaging.samples import in_upload_order
 
 HASHES = ["sha256", "phash", "phash_reoriented"]
@@ -43,6 +45,58 @@ def test_look_up_finds_copies_and_never_indexes(samples) -> None:
     assert cascade.store.size() == sizes
     assert cascade.look_up("other", _image(cascade, exact)).label == VerdictLabel.UNIQUE
     assert len(cascade.look_up("shop", _image(cascade, exact), top_k=1).candidates) == 1
+
+
+def test_lookups_together_answer_as_alone_and_the_hash_settled_ones_first(samples) -> None:
+    """Lookups that share a pass (LookupBatches) each get the answer they would get alone, are
+    never matched against each other, and one the hashes settle is answered before the
+    others' embedding runs."""
+    cascade = build_cascade(Settings(top_k=3))
+    originals, copies = in_upload_order(samples)
+    for sample in originals[:4]:
+        cascade.check("shop", sample.file.image_id, _image(cascade, sample))
+    indexed = {s.file.image_id for s in originals[:4]}
+    exact = next(s for s in copies if s.transform == "exact" and s.source in indexed)
+    fresh = originals[4]
+    queries = [fresh, exact, fresh, *[s for s in copies if s.source in indexed][:4]]
+    images = [_image(cascade, sample) for sample in queries]
+    alone = [cascade.look_up("shop", _image(cascade, sample)) for sample in queries]
+    answered: dict[int, tuple] = {}
+
+    def record(number: int, result) -> None:
+        answered[number] = (result, "embedding" in images[0].signals)
+    cascade.look_up_batch([("shop", image, None) for image in images], record)
+    assert sorted(answered) == list(range(len(queries)))
+    for number, (result, _) in answered.items():
+        assert (result.label, result.match and result.match.image_id) == (
+            alone[number].label, alone[number].match and alone[number].match.image_id)
+    assert answered[0][0].label == answered[2][0].label == VerdictLabel.UNIQUE  # not each other
+    exact_answer, fresh_embedded_by_then = answered[1]
+    assert exact_answer.label == VerdictLabel.EXACT_DUPLICATE and not fresh_embedded_by_then
+
+
+def test_lookups_waiting_while_the_thread_is_busy_share_one_pass(samples) -> None:
+    settings = Settings(stages=["sha256", "phash", "embedding"])
+    processor = Processor(settings, build_cascade(settings))
+    stage = processor.cascade.stages[-1]
+    passes: list[int] = []
+    describe = stage.describe_batch
+    stage.describe_batch = lambda images: passes.append(len(images)) or describe(images)
+    thread = CascadeThread()
+    batches = LookupBatches(processor, thread)
+    go_on = threading.Event()
+    thread.submit(go_on.wait, 10)  # a stream batch, running
+    bodies = [s.file.path.read_bytes() for s in samples if s.role != "copy"][:5] + [b"junk"]
+    pending = [processor.intake_lookup("shop", body, is_event=False) for body in bodies]
+    for item in pending:
+        item.preparing.exception(30)  # ready, as the service submits them
+    futures = [batches.submit(item, "shop", None) for item in pending]
+    go_on.set()
+    assert [future.result(60).label for future in futures[:5]] == [VerdictLabel.UNIQUE] * 5
+    with pytest.raises(Rejected):
+        futures[5].result(10)
+    thread.shutdown()
+    assert passes == [5]  # one forward pass for the five pictures
 
 
 def test_look_up_of_an_indexed_image_id_is_not_a_redelivery(samples) -> None:
