@@ -52,7 +52,7 @@ def run_embedding_bench(settings: Settings, backends: list[str], batch_sizes: li
         if profile:
             result["profile_ms_per_image"] = _profile(chosen, files)
         if profile or peer:
-            result["scan"] = _scan_rate(chosen, files)
+            result["scan"] = scan_rate(chosen, files)
             rows.append((f"{name} scan", _scan_row(result["scan"], results.get("peer"))))
     results["load_average_after"] = _load()
     results["machine"] = machine()
@@ -62,10 +62,10 @@ def run_embedding_bench(settings: Settings, backends: list[str], batch_sizes: li
     return 0
 
 
-def _scan_row(scan_rate: dict, peer: dict | None) -> str:
-    row = f"`dupwatch scan` {scan_rate['images_per_s']:.1f} images/s"
+def _scan_row(scanned: dict, peer: dict | None) -> str:
+    row = f"`dupwatch scan` {scanned['images_per_s']:.1f} images/s"
     if peer:
-        row += f", {scan_rate['images_per_s'] / peer['images_per_s']:.2f}x the peer's"
+        row += f", {scanned['images_per_s'] / peer['images_per_s']:.2f}x the peer's"
     return row
 
 
@@ -142,7 +142,8 @@ def _decodes(image: ImageInput) -> bool:
         return False
 
 
-def _scan_rate(settings: Settings, files: list[ImageFile]) -> dict:
+def scan_rate(settings: Settings, files: list[ImageFile]) -> dict:
+    """`dupwatch scan`'s images/s over ``files``, start-up (model, decode processes) excluded."""
     processor = scan_processor(settings)  # start-up (model, decode processes) off the clock
     started = time.perf_counter()
     outcomes = list(scan(settings, files, "bench", processor))

@@ -5,7 +5,10 @@
     the publisher, the broker, the worker and the verdict reader sharing this machine's cores;
 (c) the worker alone draining events already in the topic (what a worker sees when producers
     run elsewhere);
-(d) latency at a steady rate of half of (b), where queueing does not dominate it.
+(d) latency at a steady rate of half of (b), where queueing does not dominate it;
+(s) `dupwatch scan` over the same images, in this process, for (c) to be compared with: equal
+    work when the images are distinct (``--count`` at most the photos given), since (c) drains
+    the first copy of each picture and (b) then checks pictures already indexed.
 Every event carries unique bytes (a suffix after the image data, which decoders ignore), so
 the exact-hash stage never short-cuts one and every event is decoded and described.
 """
@@ -16,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from dupwatch.bench.embedding import scan_rate
 from dupwatch.bench.report import machine, percentiles_ms, write_results
 from dupwatch.detectors import build_cascade
 from dupwatch.errors import UserError
@@ -37,10 +41,13 @@ def run_throughput_bench(settings: Settings, images_dir: str | None, count: int,
     payloads = [photos[i % len(photos)] for i in range(count)]
     print(f"{count} events from {len(photos)} photos", file=sys.stderr)
     in_process = _in_process(settings, payloads)
+    scanned = _scanned(settings, payloads)
     drain, end_to_end = _through_broker(settings, payloads)
     ratio = end_to_end["images_per_s"] / in_process["images_per_s"]
     results = {"benchmark": "throughput", "events": count, "photos": len(photos),
                "in_process": in_process, "end_to_end": end_to_end, "worker_drain": drain,
+               "scan": scanned,
+               "drain_over_scan": round(drain["images_per_s"] / scanned["images_per_s"], 3),
                "end_to_end_over_in_process": round(ratio, 3), "goal_ratio": 0.8,
                "batch_size": settings.batch_size, "batch_timeout_ms": settings.batch_timeout_ms,
                "machine": machine()}
@@ -54,6 +61,9 @@ def run_throughput_bench(settings: Settings, images_dir: str | None, count: int,
         (f"(d) latency at {steady['rate_per_s']:.0f}/s p50 / p99",
          f"{steady['latency_ms']['p50']} / {steady['latency_ms']['p99']} ms"),
         ("(c) worker draining a full topic", f"{drain['images_per_s']:.0f} images/s"),
+        ("(s) `dupwatch scan`, same images", f"{scanned['images_per_s']:.0f} images/s"),
+        ("(c) / (s)", f"{results['drain_over_scan']:.2f} (goal >= 0.80; equal work when "
+                      f"{count} <= {len(photos)} photos)"),
     ])
     return 0
 
@@ -65,6 +75,13 @@ def _in_process(settings: Settings, payloads: list[bytes]) -> dict[str, float]:
         cascade.check("bench", f"img-{number}", cascade.image(raw))
     elapsed = time.perf_counter() - started
     return {"seconds": round(elapsed, 3), "images_per_s": round(len(payloads) / elapsed, 1)}
+
+
+def _scanned(settings: Settings, payloads: list[bytes]) -> dict:
+    with tempfile.TemporaryDirectory() as scratch:
+        for number, raw in enumerate(_unique(payloads, "scan")):
+            (Path(scratch) / f"scan-{number}.jpg").write_bytes(raw)
+        return scan_rate(settings.replace(state_dir=""), image_files([scratch]).files)
 
 
 def _through_broker(settings: Settings, payloads: list[bytes]) -> tuple[dict, dict]:

@@ -131,6 +131,7 @@ def test_gpu_values_ask_for_gpus_gpu_nodes_autoscaling_and_monitoring() -> None:
     assert scraped == kinds["Service"]["spec"]["ports"][0]["name"]
     assert kinds["ConfigMap"]["data"]["DUPWATCH_BATCH_SIZE"] == "32"
     assert kinds["ConfigMap"]["data"]["DUPWATCH_EMBEDDING_DEVICE"] == "cuda"
+    assert kinds["ConfigMap"]["data"]["DUPWATCH_EMBEDDING_BACKEND"] == "torch"
 
 
 def test_kafka_credentials_come_from_secrets_and_never_from_the_config_map() -> None:
