@@ -135,13 +135,13 @@ class Processor:
         pending = Pending(InputRecord(body))
         with self._errors_into(pending):
             if not is_event:
-                pending.preparing = self._described(self._decodes.submit(tenant, self._image(body)))
+                pending.preparing = self._decodes.submit(tenant, self._image(body))
                 return pending
             pending.event = self._parsed(body)
             if pending.event.tenant != tenant and _names_tenant(body):
                 raise Rejected(Reason.SCHEMA_INVALID, f"the event names tenant "
                                f"{pending.event.tenant}, the request tenant {tenant}")
-            self._start_preparing(pending, tenant)
+            self._start_preparing(pending, tenant, describe_ahead=False)
         return pending
 
     def look_up_batch(self, lookups: list[tuple[Pending, str, int | None]],
@@ -171,8 +171,10 @@ class Processor:
         return parse_image_event(value, max_event_bytes=self.settings.max_event_bytes,
                                  max_metadata_bytes=self.settings.max_metadata_bytes)
 
-    def _start_preparing(self, pending: Pending, tenant: str) -> None:
-        """Fetch (for a ``uri``) and decode the event's picture in the tenant's turns."""
+    def _start_preparing(self, pending: Pending, tenant: str, describe_ahead: bool = True) -> None:
+        """Fetch (for a ``uri``) and decode the event's picture in the tenant's turns, then
+        (``describe_ahead``) describe it ahead. Lookups are not: the hashes settle most of them
+        without that work (local features, views), which would only add to their latency."""
         event = pending.event
         assert event is not None
         if event.data is not None:
@@ -180,7 +182,7 @@ class Processor:
         else:
             pending.fetch = self._fetches.fetch(tenant, event.uri or "")
             decoding = self._fetched_then_decoded(tenant, pending.fetch)
-        pending.preparing = self._described(decoding)
+        pending.preparing = self._described(decoding) if describe_ahead else decoding
 
     def _described(self, decoding: Future[ImageInput]) -> Future[ImageInput]:
         """``decoding``, then the stages' per-image work on the ahead thread

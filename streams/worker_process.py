@@ -9,27 +9,37 @@ import time
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Callable
 
 from dupwatch.settings import Settings
+
+
+def this_python(settings_env: dict[str, str]) -> list[str]:
+    """The worker in this Python, which inherits the settings' variables."""
+    return [sys.executable, "-m", "dupwatch", "worker"]
 
 
 class WorkerProcess:
     """One ``dupwatch worker`` child process run with these settings (passed as ``DUPWATCH_*``
     variables), its output appended to ``log_path``. ``stop`` sends SIGTERM so it leaves its group
     and saves its state (SIGKILL after ``timeout_s``) and returns its exit code; ``wait_ready``
-    raises if it exits or is not ready in time. A context manager: stopped on exit."""
-    def __init__(self, settings: Settings, log_path: Path | None = None) -> None:
+    raises if it exits or is not ready in time. A context manager: stopped on exit.
+    ``command`` makes the command line from the settings' variables (another: a worker inside
+    a container image, tests/deploy/test_image.py)."""
+    def __init__(self, settings: Settings, log_path: Path | None = None,
+                 command: Callable[[dict[str, str]], list[str]] = this_python) -> None:
         self.settings = settings
         self.log_path = log_path
+        self.command = command
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
     def start(self) -> "WorkerProcess":
-        env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
+        settings_env = self.settings.to_env()
+        env = {**os.environ, **settings_env, "PYTHONUNBUFFERED": "1"}
         self._log = open(self.log_path, "ab") if self.log_path else None
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "dupwatch", "worker"], env=env,
+            self.command(settings_env), env=env,
             stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT)
         return self
 
