@@ -248,7 +248,7 @@ class ShardServer:
         self._kept_from_revoke = {}
         self._reassign_changelog()
         self._rebalancing = False
-        log.warning("hosting shards %s", self.hosted())
+        log.info("hosting shards %s", self.hosted())
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         with self._applied:
@@ -263,8 +263,8 @@ class ShardServer:
             if shard is not None:
                 self._kept_from_revoke[tp.partition] = shard
         self._reassign_changelog()
-        log.warning("shards %s revoked (the shard group is rebalancing, or this worker leaves)",
-                    sorted(tp.partition for tp in partitions))
+        log.info("shards %s revoked (the shard group is rebalancing, or this worker leaves)",
+                 sorted(tp.partition for tp in partitions))
 
     def _kept(self, number: int) -> _Shard | None:
         shard = self._kept_from_revoke.pop(number, None)
@@ -289,7 +289,7 @@ class ShardServer:
         low, high = self._changelog.get_watermark_offsets(
             TopicPartition(self.topics.changelog, number), timeout=30, cached=False)
         start = low if next_offset == OFFSET_BEGINNING else max(next_offset, low)
-        log.warning("rebuilding shard %d from offset %d to %d", number, start, high)
+        log.info("rebuilding shard %d from offset %d to %d", number, start, high)
         return _Shard(number, store, start, high)
 
     def _reassign_changelog(self) -> None:
@@ -319,8 +319,8 @@ class ShardServer:
             if shard.ready and not shard.answering:
                 self._lookups.resume([TopicPartition(self.topics.lookups, shard.number)])
                 shard.answering = True
-                log.warning("shard %d caught up at changelog offset %d; answering lookups",
-                            shard.number, shard.next_offset)
+                log.info("shard %d caught up at changelog offset %d; answering lookups",
+                         shard.number, shard.next_offset)
 
     def _catch_up(self, requests: list[Message]) -> None:
         """Apply the changelog, for the shards asked, up to the end as this worker last heard

@@ -22,7 +22,8 @@ from dupwatch.detectors import Cascade, CascadeResult
 from dupwatch.imaging.image import ImageInput
 from dupwatch.imaging.decode_pool import DecodePool
 from dupwatch.schemas import (
-    DeadLetter, ImageEvent, Reason, Rejected, Verdict, parse_control, parse_image_event,
+    DeadLetter, ImageEvent, Reason, Rejected, Verdict, identity_of, parse_control,
+    parse_image_event,
 )
 from dupwatch.settings import Settings
 from dupwatch.pipeline import metrics
@@ -279,12 +280,13 @@ class Processor:
 
     def _dead_letter(self, error: Rejected, record: InputRecord,
                      event: ImageEvent | None) -> DeadLetter:
+        image_id, tenant = ((event.image_id, event.tenant) if event else
+                            identity_of(record.value, max_event_bytes=self.settings.max_event_bytes))
         return DeadLetter.build(
             error, record.value, worker=self.settings.worker_name,
             excerpt_bytes=self.settings.dead_letter_excerpt_bytes, key=record.key,
             headers=record.headers, topic=record.topic, partition=record.partition,
-            offset=record.offset, image_id=event.image_id if event else None,
-            tenant=event.tenant if event else None)
+            offset=record.offset, image_id=image_id, tenant=tenant)
 
 
 def _names_tenant(value: bytes) -> bool:

@@ -7,10 +7,10 @@ from dupwatch.schemas.records import (
     SCHEMA_VERSION, Candidate, ControlCommand, DeadLetter, Flag, ImageEvent, Reason, Rejected,
     Verdict, VerdictLabel, utc_now,
 )
-from dupwatch.schemas.validation import parse_control, parse_image_event, schema, validate
+from dupwatch.schemas.validation import identity_of, parse_control, parse_image_event, schema, validate
 
 __all__ = [
     "SCHEMA_VERSION", "Candidate", "ControlCommand", "DeadLetter", "Flag", "ImageEvent", "Reason",
-    "Rejected", "Verdict", "VerdictLabel", "parse_control", "parse_image_event", "schema",
-    "utc_now", "validate",
+    "Rejected", "Verdict", "VerdictLabel", "identity_of", "parse_control", "parse_image_event",
+    "schema", "utc_now", "validate",
 ]

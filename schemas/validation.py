@@ -57,6 +57,26 @@ def parse_image_event(payload: bytes, *, max_event_bytes: int, max_metadata_byte
         metadata=metadata)
 
 
+def identity_of(payload: bytes, *, max_event_bytes: int) -> tuple[str | None, str | None]:
+    """The ``image_id`` and ``tenant`` an event names, each where it is valid by the schema, even
+    when the rest of the event is not (bad base64, metadata too large, a field missing): a dead
+    letter carries them, so the uploader can be told. (None, None) for what is not a JSON
+    object within the size limit; a readable event that names no tenant is the default's."""
+    if len(payload) > max_event_bytes:
+        return None, None
+    try:
+        doc = strict_json(payload)
+    except Rejected:
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    fields = schema("image_event")["properties"]
+    named = {name: doc.get(name, fields[name].get("default")) for name in ("image_id", "tenant")}
+    valid = {name: value if Draft202012Validator(fields[name]).is_valid(value) else None
+             for name, value in named.items()}
+    return valid["image_id"], valid["tenant"]
+
+
 def parse_control(payload: bytes, *, max_event_bytes: int) -> ControlCommand:
     """Parse and validate one control command, or raise :class:`Rejected` saying why."""
     doc = _checked_document("control", payload, max_event_bytes)

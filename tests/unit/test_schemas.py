@@ -13,6 +13,7 @@ from dupwatch.schemas import (
     DeadLetter, Reason, Rejected, Verdict, VerdictLabel, parse_image_event, schema, utc_now,
     validate,
 )
+from dupwatch.pipeline.processor import InputRecord, Processor
 from dupwatch.schemas.validation import SCHEMA_NAMES
 from dupwatch.settings import Settings
 
@@ -84,6 +85,29 @@ def test_bad_events_are_rejected_with_a_reason(payload: bytes, reason: Reason) -
         parse_image_event(payload, **LIMITS)
     assert caught.value.reason == reason
     assert caught.value.detail
+
+
+@pytest.fixture(scope="module")
+def processor() -> Processor:
+    return Processor(Settings(max_metadata_bytes=1_000), build_cascade(Settings(stages=["sha256"])))
+
+
+@pytest.mark.parametrize("payload, identity", [
+    (b'{"image_id": "bad-1", "tenant": "js", "data": "!!!notbase64"}', ("bad-1", "js")),
+    (_event(image_id="big", metadata={"blob": "x" * 2000}), ("big", "default")),
+    (_event(image_id="b", tenant="../etc"), ("b", None)),            # an unsafe tenant: not echoed
+    (_event(image_id=7), (None, "default")),
+    (json.dumps({"image_id": "a"}).encode(), ("a", "default")),     # no data, still named
+    (b"[1, 2]", (None, None)),
+    (b"\xff\xfe not json", (None, None)),
+])
+def test_a_dead_letter_carries_whatever_of_the_event_could_be_read(payload, identity,
+                                                                   processor) -> None:
+    """A rejected event's dead letter names its image and tenant where the event did, so the
+    uploader can be told (a kafkajs client's bad base64 came back with both null)."""
+    letter = processor.handle(InputRecord(value=payload))
+    assert isinstance(letter, DeadLetter)
+    assert (letter.image_id, letter.tenant) == identity
 
 
 def test_records_the_code_writes_validate(samples) -> None:
