@@ -30,9 +30,9 @@ from dupwatch.index.sharded import SIZES_EVERY_S
 SIZES_WAIT_S = 4 * (SIZES_EVERY_S + GAUGE_REFRESH_S)  # a deadline only: the waits end on an event
 from dupwatch.messaging.broker import free_port
 from dupwatch.messaging.follow import TopicReader
-from dupwatch.messaging.kafka import ensure_topics
+from dupwatch.wiring.kafka import ensure_topics, kafka_publisher, topic_reader
 from dupwatch.cli.lookup import LookupClient, LookupFailed
-from dupwatch.messaging.publish import Publisher, file_events
+from dupwatch.messaging.publish import file_events
 from dupwatch.imaging.samples import Sample, in_upload_order
 from dupwatch.streams.worker_process import WorkerProcess
 
@@ -109,7 +109,7 @@ def _get(port: int, path: str) -> bytes:
 
 
 def _publish(settings: Settings, events: list[ImageEvent]) -> None:
-    publisher = Publisher(settings)
+    publisher = kafka_publisher(settings)
     for event in events:
         publisher.publish(event)
     publisher.close()
@@ -144,7 +144,7 @@ def worker(bootstrap_servers: str, tmp_path_factory, samples: list[Sample]) -> I
     originals = [s for s in originals if s.role == "original"]
     try:
         with WorkerProcess(settings, log) as process, \
-                TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
+                topic_reader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
             process.wait_ready()
             _publish(settings, list(file_events([s.file for s in originals], "shop"))
                      + list(file_events([originals[0].file], "other")))
@@ -191,7 +191,7 @@ def test_the_same_lookup_twice_never_matches_itself_and_indexes_nothing(worker: 
     assert _sizes_after_marks(worker, "mark-after", mark) == before
     # The stream finds nothing of the lookups either; after it indexes the image, a lookup
     # finds it by its bytes.
-    with TopicReader(worker.settings, [worker.settings.verdict_topic]) as reader:
+    with topic_reader(worker.settings, [worker.settings.verdict_topic]) as reader:
         _publish(worker.settings, [ImageEvent("probe", "shop", probe.file.path.read_bytes())])
         verdict = next(record.document for record in reader.records(idle_timeout_s=180)
                        if record.document["image_id"] == "probe")
@@ -388,7 +388,7 @@ def test_with_shards_a_lookup_on_either_worker_finds_images_the_other_holds(
     for process in workers:
         process.wait_ready()
     originals = [s for s in samples if s.role == "original"]
-    with TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
+    with topic_reader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
         _publish(settings, list(file_events([s.file for s in originals], "shop")))
         _await_verdicts(reader, len(originals))
     exact = {s.source: s for s in _copies(samples) if s.transform == "exact"}

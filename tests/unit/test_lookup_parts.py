@@ -9,7 +9,7 @@ import time
 import pytest
 from PIL import Image
 
-from dupwatch.detectors import build_cascade
+from dupwatch.wiring.cascade import build_cascade
 from dupwatch.detectors.cascade import DESCRIBE_CHUNK
 from dupwatch.schemas import Rejected, VerdictLabel
 from dupwatch.settings import Settings

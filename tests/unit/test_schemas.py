@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from dupwatch.detectors import build_cascade
+from dupwatch.wiring.cascade import build_cascade
 from dupwatch.locations import docs_page
 from dupwatch.schemas import (
     DeadLetter, Reason, Rejected, Verdict, VerdictLabel, parse_image_event, schema, utc_now,
