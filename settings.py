@@ -60,7 +60,7 @@ def _metadata(help: str, group: str, used_by: Iterable[str] | None) -> dict[str,
 @dataclass(frozen=True)
 class Settings:
     """Every setting of every command, frozen: built once per process by :meth:`load` and handed
-    down; ``wiring.py`` turns it into the typed options the stages and indexes take. Each field's
+    down; ``dupwatch.wiring`` turns it into the typed options the other parts take. Each field's
     metadata holds its help text, its group and the commands that read it (``used_by``). A value
     of the wrong type raises :class:`UserError` naming its flag and variable; :meth:`to_env` hands
     the settings to a child process."""

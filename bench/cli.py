@@ -266,7 +266,7 @@ def _soak_command(benches: Commands) -> None:
 
 def _soak(settings: Settings, args: argparse.Namespace) -> int:
     from dupwatch.bench.soak import run_soak_bench
-    from dupwatch.messaging.kafka import require_broker
+    from dupwatch.wiring.kafka import require_broker
 
     # Only the flag, not DUPWATCH_BOOTSTRAP_SERVERS, means "soak that broker" (see its help).
     own_broker = args.bootstrap_servers is None

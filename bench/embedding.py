@@ -19,13 +19,14 @@ from dupwatch.bench.peer import sscd_int8_rate
 from dupwatch.bench.report import machine, markdown_table, write_results
 from dupwatch.detectors import Cascade
 from dupwatch.imaging.image import ImageInput
-from dupwatch.detectors.cascade import _applies, _signal, build_cascade
+from dupwatch.detectors.cascade import _applies, _signal
+from dupwatch.wiring.cascade import build_cascade, scan_processor
 from dupwatch.detectors.embedding import EmbeddingStage, per_image
 from dupwatch.model.backends import pixels_of
 from dupwatch.schemas import Rejected
 from dupwatch.settings import Settings
 from dupwatch.locations import samples_dir
-from dupwatch.pipeline.scan import scan, scan_processor
+from dupwatch.pipeline.scan import scan
 from dupwatch.imaging.files import ImageFile, image_files
 
 PROFILE_STEPS = ("read", "decode", "cheap stages", "local features", "views", "preprocess",
@@ -146,7 +147,7 @@ def scan_rate(settings: Settings, files: list[ImageFile]) -> dict:
     """`dupwatch scan`'s images/s over ``files``, start-up (model, decode processes) excluded."""
     processor = scan_processor(settings)  # start-up (model, decode processes) off the clock
     started = time.perf_counter()
-    outcomes = list(scan(settings, files, "bench", processor))
+    outcomes = list(scan(processor, files, "bench", settings.batch_size))
     seconds = time.perf_counter() - started
     return {"images": len(outcomes), "seconds": round(seconds, 2),
             "images_per_s": round(len(outcomes) / seconds, 1), "batch_size": settings.batch_size}

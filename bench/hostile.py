@@ -41,8 +41,7 @@ from dupwatch.schemas import ImageEvent, utc_now
 from dupwatch.settings import Settings
 from dupwatch.messaging.broker import EmbeddedBroker, free_port
 from dupwatch.messaging.follow import TopicReader
-from dupwatch.messaging.kafka import ensure_topics
-from dupwatch.messaging.publish import Publisher
+from dupwatch.wiring.kafka import ensure_topics, kafka_publisher, topic_reader
 from dupwatch.locations import samples_dir
 from dupwatch.imaging.files import image_files
 from dupwatch.streams.worker_process import WorkerProcess
@@ -257,7 +256,7 @@ class _Stream:
     def __init__(self, settings: Settings, reader: TopicReader) -> None:
         self.settings = settings
         self.reader = reader
-        self.publisher = Publisher(settings)
+        self.publisher = kafka_publisher(settings)
 
     def warm_up(self, photos: list[bytes]) -> None:
         """A first batch through the worker (its decode processes, the model's first pass), so
@@ -293,7 +292,7 @@ def _worker(settings: Settings) -> Iterator[_Stream]:
             web_port=free_port(), worker_name="bench-hostile")
         ensure_topics(settings)
         with WorkerProcess(settings, Path(scratch) / "worker.log") as worker, \
-                TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
+                topic_reader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
             worker.wait_ready()
             stream = _Stream(settings, reader)
             try:

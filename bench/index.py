@@ -52,7 +52,7 @@ from dupwatch.index.vector import VectorIndex, VectorIndexOptions
 from dupwatch.model.encoder import DESCRIPTOR_DIM
 from dupwatch.settings import Settings
 from dupwatch.reporting.progress import Progress, wanted
-from dupwatch.wiring import vector_options
+from dupwatch.wiring.cascade import vector_options
 
 BLOCK = 1_000  # vectors drawn from one seeded generator, so any vector can be drawn again alone
 INDEXED, QUERIES, EXTRA = range(3)  # independent streams: indexed, fresh queries, single adds

@@ -35,10 +35,8 @@ from dupwatch.errors import UserError
 from dupwatch.schemas import ImageEvent, utc_now
 from dupwatch.settings import Settings
 from dupwatch.messaging.broker import EmbeddedBroker, free_port
-from dupwatch.messaging.follow import TopicReader
-from dupwatch.messaging.kafka import ensure_topics
+from dupwatch.wiring.kafka import ensure_topics, kafka_publisher, topic_reader
 from dupwatch.reporting.progress import Progress
-from dupwatch.messaging.publish import Publisher
 from dupwatch.streams.worker_process import WorkerProcess
 
 INDEXED = 200
@@ -90,8 +88,8 @@ def _reencoded(jpeg: bytes) -> bytes:
 
 def _index(settings: Settings, pictures: list[bytes]) -> None:
     """Publish the pictures to the stream and wait until every one has its verdict."""
-    with TopicReader(settings, [settings.verdict_topic], from_beginning=True) as reader:
-        publisher = Publisher(settings)
+    with topic_reader(settings, [settings.verdict_topic], from_beginning=True) as reader:
+        publisher = kafka_publisher(settings)
         for number, picture in enumerate(pictures):
             publisher.publish(ImageEvent(f"indexed-{number}", TENANT, picture,
                                          submitted_at=utc_now()))
@@ -170,7 +168,7 @@ def _beside_stream(settings: Settings, traffic: Traffic, bench: _Bench,
 
 def _capacity(settings: Settings, traffic: Traffic, ledger: Ledger) -> float:
     """Events/s the worker answers while draining STREAM_PROBE events of the mix."""
-    publisher = Publisher(settings)
+    publisher = kafka_publisher(settings)
     before = ledger.answered
     for _ in range(STREAM_PROBE):
         kind, key, value = traffic.next()

@@ -49,7 +49,7 @@ from dupwatch.model.augment import families
 from dupwatch.model.data import PHOTO_KINDS, Photo, by_source, list_photos, load_all
 from dupwatch.schemas import Candidate, VerdictLabel
 from dupwatch.settings import Settings
-from dupwatch.wiring import Options
+from dupwatch.wiring.cascade import cascade_options
 
 SEED = 2021
 TOP_K = 10
@@ -96,7 +96,7 @@ def run_quality_bench(settings: Settings, folders: list[str], use_all: bool, out
                       write_calibration: bool) -> int:
     photos = list_photos(*map(Path, folders))
     limits = DecodeLimits(settings.max_image_pixels, settings.decode_draft_side)
-    model = EmbeddingModel.from_options(Options.from_settings(settings).embedding)
+    model = EmbeddingModel.from_options(cascade_options(settings).embedding)
     groups = _groups(photos, use_all)
     sizes = {name: len(members) for name, members in groups.items()}
     say(", ".join(f"{name}: {size} images" for name, size in sizes.items()))

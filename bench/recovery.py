@@ -27,7 +27,7 @@ from dupwatch.index import BinaryIndex, Entry, ExactIndex, LocalStore, VectorInd
 from dupwatch.index.codec import decode_entry, encode_entry, entry_key
 from dupwatch.index.vector import VectorIndexOptions
 from dupwatch.settings import Settings
-from dupwatch.wiring import vector_options
+from dupwatch.wiring.cascade import vector_options
 
 DIM = 256
 BATCH = 10_000  # records generated at a time (memory stays flat whatever N)

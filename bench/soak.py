@@ -49,10 +49,9 @@ from dupwatch.model import augment
 from dupwatch.schemas import ImageEvent, utc_now
 from dupwatch.settings import Settings
 from dupwatch.messaging.broker import EmbeddedBroker, free_port
-from dupwatch.messaging.follow import Record, TopicReader
-from dupwatch.messaging.kafka import ensure_topics
+from dupwatch.messaging.follow import Record
+from dupwatch.wiring.kafka import ensure_topics, kafka_publisher, topic_reader
 from dupwatch.reporting.progress import Progress, wanted
-from dupwatch.messaging.publish import Publisher
 from dupwatch.imaging.samples import load_samples
 from dupwatch.imaging.files import image_files
 from dupwatch.streams.worker_process import WorkerProcess
@@ -259,7 +258,7 @@ class _Collector(threading.Thread):
 
     def __init__(self, settings: Settings, ledger: Ledger) -> None:
         super().__init__(daemon=True)
-        self.reader = TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic])
+        self.reader = topic_reader(settings, [settings.verdict_topic, settings.dead_letter_topic])
         self.ledger = ledger
         self.stopping = threading.Event()
 
@@ -287,7 +286,7 @@ class _PacedPublisher(threading.Thread):
     def run(self) -> None:
         settings, traffic, ledger, rate, seconds, bar = self.args
         try:
-            publisher = Publisher(settings)
+            publisher = kafka_publisher(settings)
             started = time.monotonic()
             while (elapsed := time.monotonic() - started) < seconds and not self.stopping.is_set():
                 time.sleep(max(0.0, self.count / rate - elapsed))
@@ -324,7 +323,7 @@ class Soak:
 
     def probe(self) -> dict:
         """The worker's drain rate on PROBE_EVENTS of the mix, published before it starts."""
-        publisher = Publisher(self.settings)
+        publisher = kafka_publisher(self.settings)
         with Progress(PROBE_EVENTS, "probe: publishing", enabled=wanted()) as bar:
             for _ in range(PROBE_EVENTS):
                 kind, key, value = self.traffic.next()

@@ -21,13 +21,13 @@ from pathlib import Path
 
 from dupwatch.bench.embedding import scan_rate
 from dupwatch.bench.report import machine, percentiles_ms, write_results
-from dupwatch.detectors import build_cascade
+from dupwatch.wiring.cascade import build_cascade
 from dupwatch.errors import UserError
 from dupwatch.schemas import ImageEvent, utc_now
 from dupwatch.settings import Settings
 from dupwatch.messaging.broker import EmbeddedBroker, free_port
 from dupwatch.messaging.follow import TopicReader
-from dupwatch.messaging.kafka import ensure_topics
+from dupwatch.wiring.kafka import ensure_topics, kafka_publisher, topic_reader
 from dupwatch.messaging.publish import Publisher
 from dupwatch.locations import samples_dir
 from dupwatch.imaging.files import image_files
@@ -91,8 +91,8 @@ def _through_broker(settings: Settings, payloads: list[bytes]) -> tuple[dict, di
                                     group_id="dupwatch-bench", rebalance_timeout_s=6.0,
                                     session_timeout_s=6.0, web_port=free_port())
         ensure_topics(settings)
-        publisher = Publisher(settings)
-        with TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
+        publisher = kafka_publisher(settings)
+        with topic_reader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
             _publish(publisher, _events(payloads, "drain"))
             with WorkerProcess(settings, Path(scratch) / "worker.log"):
                 first = _collect(reader, 1)[0].received_at  # after the group join

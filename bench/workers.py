@@ -18,9 +18,7 @@ from dupwatch.bench.report import machine, write_results
 from dupwatch.bench.throughput import _collect, _events, _latencies, _publish
 from dupwatch.settings import Settings
 from dupwatch.messaging.broker import EmbeddedBroker, free_port
-from dupwatch.messaging.follow import TopicReader
-from dupwatch.messaging.kafka import ensure_topics
-from dupwatch.messaging.publish import Publisher
+from dupwatch.wiring.kafka import ensure_topics, kafka_publisher, topic_reader
 from dupwatch.locations import samples_dir
 from dupwatch.imaging.files import image_files
 from dupwatch.streams.worker_process import WorkerProcess
@@ -58,8 +56,8 @@ def _run(settings: Settings, workers: int, payloads: list[bytes]) -> dict:
             for process in processes:
                 process.wait_ready()
             time.sleep(2 * settings.rebalance_timeout_s)  # the last join's rebalance settles
-            publisher = Publisher(settings)
-            with TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
+            publisher = kafka_publisher(settings)
+            with topic_reader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
                 events = _events(payloads, "bench")
                 started = time.time()
                 published_at = _publish(publisher, events)

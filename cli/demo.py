@@ -9,9 +9,8 @@ from pathlib import Path
 
 from dupwatch.settings import Settings
 from dupwatch.messaging.broker import EmbeddedBroker, free_port
-from dupwatch.messaging.follow import TopicReader
-from dupwatch.messaging.kafka import ensure_topics
-from dupwatch.messaging.publish import Publisher, file_events
+from dupwatch.wiring.kafka import ensure_topics, kafka_publisher, topic_reader
+from dupwatch.messaging.publish import file_events
 from dupwatch.reporting.render import TablePrinter
 from dupwatch.imaging.samples import Sample, in_upload_order, load_samples
 from dupwatch.streams.worker_process import WorkerProcess
@@ -34,9 +33,9 @@ def run_demo(settings: Settings) -> int:
             f"(log: {log_path}, metrics: http://127.0.0.1:{settings.web_port}/metrics)")
         ensure_topics(settings)
         with WorkerProcess(settings, Path(log_path)), \
-                TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
+                topic_reader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
             table = TablePrinter(sys.stdout)
-            publisher = Publisher(settings)
+            publisher = kafka_publisher(settings)
             received: dict[str, dict] = {}
             for number, wave in enumerate(in_upload_order(samples), start=1):
                 say(f"wave {number}: publishing {len(wave)} images")

@@ -68,6 +68,7 @@ def _report_command(commands: Commands) -> None:
 
 def _scan(settings: Settings, args: argparse.Namespace) -> int:
     from dupwatch.pipeline.scan import in_order, run_scan
+    from dupwatch.wiring.cascade import scan_processor
 
     files, _ = select_files(args.paths, empty_allowed=True)  # scan dead-letters them, by name
     if args.order != "given":
@@ -75,11 +76,14 @@ def _scan(settings: Settings, args: argparse.Namespace) -> int:
     output = args.format
     if output == "auto":
         output = "table" if sys.stdout.isatty() else "jsonl"
-    return run_scan(settings, files, args.tenant, output, args.keep)
+    return run_scan(lambda: scan_processor(settings), settings.batch_size, files, args.tenant,
+                    output, args.keep)
 
 
 def _report(settings: Settings, args: argparse.Namespace) -> int:
     from dupwatch.reporting.report import write_report
-    return write_report(settings, args.verdicts, args.images, args.out,
+    from dupwatch.wiring.kafka import kafka_options
+    return write_report(kafka_options(settings), settings.max_image_pixels, args.verdicts,
+                        args.images, args.out,
                         page_size=args.page_size, thumb_side=args.thumb_size,
                         idle_timeout_s=args.idle_timeout, max_records=args.max)

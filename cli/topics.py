@@ -84,14 +84,14 @@ def _verdicts_command(commands: Commands) -> None:
 
 
 def _publish(settings: Settings, args: argparse.Namespace) -> int:
-    from dupwatch.messaging.kafka import ensure_topics, require_broker
-    from dupwatch.messaging.publish import Publisher, file_events
+    from dupwatch.wiring.kafka import ensure_topics, kafka_publisher, require_broker
+    from dupwatch.messaging.publish import file_events
     from dupwatch.reporting.progress import Progress, wanted
 
     files, empty = select_files(args.paths)
     require_broker(settings)
     ensure_topics(settings, only={settings.input_topic})
-    publisher = Publisher(settings)
+    publisher = kafka_publisher(settings)
     with Progress(len(files), "published", enabled=wanted()) as bar:
         for event in file_events(files, args.tenant, args.as_uri):
             publisher.publish(event)
@@ -125,13 +125,12 @@ def _bank_add(settings: Settings, args: argparse.Namespace) -> int:
 
 def _send_commands(settings: Settings, commands: Iterable[ControlCommand], total: int = 1) -> None:
     """Publish control commands, keyed by tenant (one tenant's commands keep their order)."""
-    from dupwatch.messaging.kafka import ensure_topics, require_broker
-    from dupwatch.messaging.publish import Publisher
+    from dupwatch.wiring.kafka import ensure_topics, kafka_publisher, require_broker
     from dupwatch.reporting.progress import Progress, wanted
 
     require_broker(settings)
     ensure_topics(settings, only={settings.control_topic})
-    publisher = Publisher(settings, topic=settings.control_topic)
+    publisher = kafka_publisher(settings, topic=settings.control_topic)
     with Progress(total, "sent", enabled=wanted() and total > 1) as bar:
         for command in commands:
             publisher.publish_raw(command.to_json(), key=command.tenant.encode())
@@ -140,14 +139,13 @@ def _send_commands(settings: Settings, commands: Iterable[ControlCommand], total
 
 
 def _verdicts(settings: Settings, args: argparse.Namespace) -> int:
-    from dupwatch.messaging.follow import TopicReader
-    from dupwatch.messaging.kafka import require_broker
+    from dupwatch.wiring.kafka import require_broker, topic_reader
     from dupwatch.reporting.render import TablePrinter, print_jsonl
 
     require_broker(settings)
     topics = [settings.verdict_topic] + ([settings.dead_letter_topic] if args.dead_letters else [])
     table = TablePrinter(sys.stdout)
-    with TopicReader(settings, topics, from_beginning=args.from_beginning) as reader:
+    with topic_reader(settings, topics, from_beginning=args.from_beginning) as reader:
         print(f"following {' and '.join(topics)} on {settings.bootstrap_servers}: "
               f"{'every retained record, then ' if args.from_beginning else ''}new records "
               "as they arrive", file=sys.stderr, flush=True)

@@ -49,12 +49,13 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 
 def _broker(settings: Settings, args: argparse.Namespace) -> int:
     from dupwatch.messaging.broker import run_broker
-    return run_broker(settings, args.storage_engine, args.broker_bin)
+    return run_broker(settings.bootstrap_servers, args.storage_engine, args.broker_bin)
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
-    from dupwatch.messaging.kafka import require_broker
+    from dupwatch.wiring.kafka import require_broker
     require_broker(settings)
-    from dupwatch.streams.app import run_worker  # a missing broker is said before the worker loads
+    # imported after the check: a missing broker is said before the worker loads
+    from dupwatch.wiring.worker import run_worker
     run_worker(settings)
     return 0

@@ -13,8 +13,7 @@ from dupwatch.detectors.registry import StageContext, build_stage
 from dupwatch.index import CandidateQuery, Entry, Hit, LocalStore, Lookup, Store, set_search_threads
 from dupwatch.schemas import Candidate, Flag, Rejected, Verdict, VerdictLabel, utc_now
 from dupwatch.locations import artifact
-from dupwatch.settings import Settings
-from dupwatch import wiring
+from dupwatch.detectors.options import Options
 
 CALIBRATION_FILE = artifact("calibration.json")
 # The image id a lookup is checked under: no event has it (the schema asks for one character at
@@ -382,11 +381,10 @@ class Cascade:
                          score=round(stage.score(hit.distance), 6), distance=hit.distance)
 
 
-def build_cascade(settings: Settings,
-                  on_embedding_batch: Callable[[int, float], None] | None = None) -> Cascade:
-    """The cascade the settings describe, over an empty in-memory store (a worker gives it
-    the sharded store instead: streams/app.py)."""
-    options = wiring.Options.from_settings(settings)
+def new_cascade(options: Options,
+                on_embedding_batch: Callable[[int, float], None] | None = None) -> Cascade:
+    """The cascade the options describe, over an empty in-memory store (a worker gives it
+    the sharded store instead: dupwatch.wiring)."""
     calibrations, evidence = load_calibrations(CALIBRATION_FILE, options.phash.size)
     context = StageContext(options, calibrations, on_embedding_batch)
     stages = [build_stage(name, context) for name in options.cascade.stages]

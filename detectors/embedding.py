@@ -25,7 +25,7 @@ from dupwatch.index.vector import VectorIndexOptions
 from dupwatch.model import backends, pinned
 from dupwatch.model.backends import EmbeddingBackend
 from dupwatch.schemas import VerdictLabel
-from dupwatch.wiring import EmbeddingOptions
+from dupwatch.detectors.options import EmbeddingOptions
 
 DEFAULT_WEIGHTS = pinned.bundled_path()
 

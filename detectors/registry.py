@@ -9,7 +9,7 @@ from typing import Callable
 
 from dupwatch.detectors.protocol import Stage
 from dupwatch.errors import ConfigError
-from dupwatch.wiring import Options
+from dupwatch.detectors.options import Options
 
 BUILTIN_MODULES = ("dupwatch.detectors.sha256", "dupwatch.detectors.phash",
                    "dupwatch.detectors.embedding", "dupwatch.detectors.verify")

@@ -32,6 +32,7 @@ import threading
 import time
 import uuid
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -44,9 +45,8 @@ from dupwatch.index.codec import (
     decode_entry, decode_found, decode_lookups, dumps, encode_entry, encode_found, encode_lookups,
     entry_key, shard_of, split_key,
 )
-from dupwatch.settings import Settings
 from dupwatch.messaging.kafka import (
-    CHANGELOG_DELETE_RETENTION_MS, ShardTopics, confluent_config, max_message_bytes,
+    CHANGELOG_DELETE_RETENTION_MS, KafkaOptions, ShardTopics, confluent_config, max_message_bytes,
 )
 
 log = logging.getLogger(__name__)
@@ -57,13 +57,31 @@ SIZES_EVERY_S = 5.0
 _SNAPSHOT_MAX_AGE_S = CHANGELOG_DELETE_RETENTION_MS / 1000 - 24 * 3600
 
 
-def _fast_consumer(settings: Settings, **extra: object) -> Consumer:
+@dataclass(frozen=True)
+class ShardOptions:
+    """A worker's sharded store: ``shards`` changelog partitions (fixed for the index's life)
+    under ``index_topic_prefix``, the consumer groups named after ``group_id`` with its group
+    timeouts, snapshots under ``state_dir`` every ``snapshot_interval_s``, lookups resent to
+    silent shards after ``lookup_retry_s``, FAISS threads per search."""
+    group_id: str
+    worker_name: str
+    index_topic_prefix: str
+    shards: int
+    session_timeout_s: float
+    rebalance_timeout_s: float
+    search_threads: int
+    state_dir: Path | None
+    snapshot_interval_s: float
+    lookup_retry_s: float
+
+
+def _fast_consumer(kafka: KafkaOptions, **extra: object) -> Consumer:
     # Short fetch waits: a lookup is two hops, and a broker that holds a fetch until its
     # maximum wait (as Tansu does) would otherwise add that wait to every hop.
-    return Consumer(confluent_config(settings, **{
+    return Consumer(confluent_config(kafka, **{
         "enable.auto.commit": False, "fetch.wait.max.ms": 5,
-        "fetch.max.bytes": max_message_bytes(settings) * 4,
-        "max.partition.fetch.bytes": max_message_bytes(settings), **extra}))
+        "fetch.max.bytes": max_message_bytes(kafka.max_event_bytes) * 4,
+        "max.partition.fetch.bytes": max_message_bytes(kafka.max_event_bytes), **extra}))
 
 
 class _Shard:
@@ -85,21 +103,22 @@ class _Shard:
 class ShardServer:
     """Hosts the shards Kafka assigns to this worker and answers their lookups (own thread)."""
 
-    def __init__(self, settings: Settings, new_store: Callable[[], LocalStore]) -> None:
-        self.settings = settings
-        self.topics = ShardTopics.of(settings)
+    def __init__(self, options: ShardOptions, kafka: KafkaOptions,
+                 new_store: Callable[[], LocalStore]) -> None:
+        self.options = options
+        self.topics = ShardTopics.of(options.index_topic_prefix)
         self._new_store = new_store
         self._shards: dict[int, _Shard] = {}
         self._kept_from_revoke: dict[int, _Shard] = {}
-        self._heartbeat_s = min(3.0, settings.session_timeout_s / 3)
-        self._lookups = _fast_consumer(settings, **{
-            "group.id": f"{settings.group_id}.shards", "auto.offset.reset": "latest",
-            "session.timeout.ms": int(settings.session_timeout_s * 1000),
-            "max.poll.interval.ms": max(int(settings.rebalance_timeout_s * 1000), 6000),
+        self._heartbeat_s = min(3.0, options.session_timeout_s / 3)
+        self._lookups = _fast_consumer(kafka, **{
+            "group.id": f"{options.group_id}.shards", "auto.offset.reset": "latest",
+            "session.timeout.ms": int(options.session_timeout_s * 1000),
+            "max.poll.interval.ms": max(int(options.rebalance_timeout_s * 1000), 6000),
             "heartbeat.interval.ms": int(self._heartbeat_s * 1000)})
-        self._changelog = _fast_consumer(settings, **{"group.id": f"{settings.group_id}.changelog"})
-        self._answers = Producer(confluent_config(settings, **{
-            "linger.ms": 1, "message.max.bytes": max_message_bytes(settings) * 4}))
+        self._changelog = _fast_consumer(kafka, **{"group.id": f"{options.group_id}.changelog"})
+        self._answers = Producer(confluent_config(kafka, **{
+            "linger.ms": 1, "message.max.bytes": max_message_bytes(kafka.max_event_bytes) * 4}))
         self._stop_requested_at: float | None = None  # set from the caller's thread by stop()
         # Held by this thread while it changes the shards (changelog, assignment, snapshots)
         # and by the cascade's thread while it answers from them in-process; notified after
@@ -144,7 +163,7 @@ class ShardServer:
     def _run(self) -> None:
         # OpenMP's thread count is per calling thread; idle OpenMP threads would spin-wait
         # beside the decode threads (see dupwatch.index.set_search_threads).
-        set_search_threads(self.settings.search_threads)
+        set_search_threads(self.options.search_threads)
         try:
             while not self._may_leave():
                 with self._applied:
@@ -225,7 +244,7 @@ class ShardServer:
         if self._stop_requested_at is None:
             return False
         waited = time.monotonic() - self._stop_requested_at
-        limit = self.settings.session_timeout_s + self.settings.rebalance_timeout_s
+        limit = self.options.session_timeout_s + self.options.rebalance_timeout_s
         return waited >= limit or (waited >= self._heartbeat_s + 0.5 and not self._rebalancing)
 
     # -- assignment: rebuild before answering, snapshot on the way out
@@ -358,7 +377,7 @@ class ShardServer:
     # -- snapshots
 
     def _snapshot_dir(self, number: int) -> Path | None:
-        state = self.settings.state_path()
+        state = self.options.state_dir
         return state / "shards" / str(number) if state is not None else None
 
     def _tick(self) -> None:
@@ -367,7 +386,7 @@ class ShardServer:
             self._last_sizes = now
             self.sizes = {n: shard.store.size() for n, shard in self._shards.items()}
             self.structures = {n: shard.store.structures() for n, shard in self._shards.items()}
-        interval = self.settings.snapshot_interval_s
+        interval = self.options.snapshot_interval_s
         if interval > 0 and now - self._last_snapshot >= interval:
             self._snapshot_all()
 
@@ -420,20 +439,21 @@ class ShardClient:
     this worker hosts (``local``) and over the broker for the rest, and are merged; updates are
     changelog records. Used from one thread (the cascade's)."""
 
-    def __init__(self, settings: Settings, local: ShardServer | None = None) -> None:
-        self.settings = settings
-        self.topics = ShardTopics.of(settings)
-        self.shards = settings.shards
+    def __init__(self, options: ShardOptions, kafka: KafkaOptions,
+                 local: ShardServer | None = None) -> None:
+        self.options = options
+        self.topics = ShardTopics.of(options.index_topic_prefix)
+        self.shards = options.shards
         self._local = local
         self.closing = False  # set from the stopping thread: lookups give up
         self._written: dict[int, int] = {}  # changelog partition -> offset after our last write
-        self._producer = Producer(confluent_config(settings, **{
-            "linger.ms": 1, "message.max.bytes": max_message_bytes(settings) * 4,
+        self._producer = Producer(confluent_config(kafka, **{
+            "linger.ms": 1, "message.max.bytes": max_message_bytes(kafka.max_event_bytes) * 4,
             "enable.idempotence": True}))
-        self._answers = _fast_consumer(settings, **{"group.id": f"{settings.group_id}.answers"})
+        self._answers = _fast_consumer(kafka, **{"group.id": f"{options.group_id}.answers"})
         partitions = self._answers.list_topics(self.topics.answers, timeout=30) \
             .topics[self.topics.answers].partitions
-        self._reply_partition = zlib.crc32(f"{settings.worker_name}/{uuid.uuid4()}".encode()) \
+        self._reply_partition = zlib.crc32(f"{options.worker_name}/{uuid.uuid4()}".encode()) \
             % len(partitions)
         # From the end as it is now: an answer produced after this can never be skipped.
         tp = TopicPartition(self.topics.answers, self._reply_partition)
@@ -456,7 +476,7 @@ class ShardClient:
                 raise StoreClosing("the worker is stopping")
             if self._local is not None:
                 waiting -= self._local.answer_here(queries, k, waiting, self._written, merged,
-                                                   self.settings.lookup_retry_s)
+                                                   self.options.lookup_retry_s)
             if not waiting:
                 break
             request = request or dumps({
@@ -469,13 +489,13 @@ class ShardClient:
             waiting -= self._collect(request_id, waiting, merged, k)
             if waiting:
                 log.warning("shards %s did not answer within %.0f s (rebalancing or rebuilding?); "
-                            "asking again", sorted(waiting), self.settings.lookup_retry_s)
+                            "asking again", sorted(waiting), self.options.lookup_retry_s)
         return merged
 
     def _collect(self, request_id: str, waiting: set[int], merged: list[Found], k: int) -> set[int]:
         """Answers to this request until every shard in ``waiting`` has answered or time is up."""
         answered: set[int] = set()
-        deadline = time.monotonic() + self.settings.lookup_retry_s
+        deadline = time.monotonic() + self.options.lookup_retry_s
         while answered != waiting and time.monotonic() < deadline and not self.closing:
             for message in _drain(self._answers, 0.05, 64):
                 if message.error():
@@ -523,19 +543,19 @@ class ShardClient:
         self._answers.close()
 
 
-def check_shard_count(settings: Settings) -> None:
+def check_shard_count(options: ShardOptions, kafka: KafkaOptions) -> None:
     """The shard count is fixed for the index's life (an image's shard is a hash modulo it):
     refuse a worker whose --shards differs from the changelog's partitions."""
-    topic = ShardTopics.of(settings).changelog
-    consumer = Consumer(confluent_config(settings, **{"group.id": f"{settings.group_id}.check"}))
+    topic = ShardTopics.of(options.index_topic_prefix).changelog
+    consumer = Consumer(confluent_config(kafka, **{"group.id": f"{options.group_id}.check"}))
     try:
         partitions = len(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
     finally:
         consumer.close()
-    if partitions != settings.shards:
+    if partitions != options.shards:
         raise ConfigError(
             f"the index's changelog {topic} has {partitions} shards (partitions) and this worker "
-            f"was given --shards {settings.shards}: the count is fixed for the index's life. "
+            f"was given --shards {options.shards}: the count is fixed for the index's life. "
             f"Start it with --shards {partitions}, or use a new --index-topic-prefix for a new, "
             "empty index")
 

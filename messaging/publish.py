@@ -6,8 +6,7 @@ from typing import Iterable, Iterator
 from confluent_kafka import KafkaError, Message, Producer
 
 from dupwatch.schemas import ImageEvent, utc_now
-from dupwatch.settings import Settings
-from dupwatch.messaging.kafka import confluent_config, max_message_bytes
+from dupwatch.messaging.kafka import KafkaOptions, confluent_config, max_message_bytes
 from dupwatch.imaging.files import ImageFile
 
 
@@ -22,13 +21,13 @@ def file_events(files: Iterable[ImageFile], tenant: str, as_uri: bool = False) -
 
 
 class Publisher:
-    """A producer for image events (or, given ``topic``, control commands) that raises if the
+    """A producer for image events (or control commands) to ``topic`` that raises if the
     broker refused any of them."""
 
-    def __init__(self, settings: Settings, topic: str | None = None) -> None:
-        self.topic = topic or settings.input_topic
+    def __init__(self, kafka: KafkaOptions, topic: str) -> None:
+        self.topic = topic
         self._producer = Producer(confluent_config(
-            settings, **{"message.max.bytes": max_message_bytes(settings),
+            kafka, **{"message.max.bytes": max_message_bytes(kafka.max_event_bytes),
                          "linger.ms": 5, "enable.idempotence": False}))
         self._errors: list[str] = []
 

@@ -30,24 +30,39 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 from urllib.parse import unquote_to_bytes, urljoin, urlsplit, urlunsplit
 
 from dupwatch.imaging.watchdog import Overdue, Watchdog
 from dupwatch.errors import UserError
 from dupwatch.schemas import Reason, Rejected
 from dupwatch.schemas.records import redact_urls
-from dupwatch.settings import Settings
 
 
-def read_uri(uri: str, settings: Settings, deadline: float | None = None) -> bytes:
+@dataclass(frozen=True)
+class FetchOptions:
+    """How event URIs are read (the ``uri_roots`` and ``fetch_*`` settings): file:// under
+    ``uri_roots``; http(s) on allowed hosts within ``fetch_timeout_s``, at most
+    ``max_event_bytes``; ``fetch_tenant_concurrency`` at once per tenant (fetch_pool.py)."""
+    uri_roots: tuple[str, ...]
+    max_event_bytes: int
+    fetch_allow_hosts: tuple[str, ...]
+    fetch_allow_private_networks: tuple[str, ...]
+    fetch_timeout_s: float
+    fetch_connect_timeout_s: float
+    fetch_retries: int
+    fetch_max_redirects: int
+    fetch_tenant_concurrency: int
+
+
+def read_uri(uri: str, options: FetchOptions, deadline: float | None = None) -> bytes:
     """The bytes an event's ``uri`` names, or :class:`Rejected` saying why not. An http(s)
     fetch ends by ``deadline`` (time.monotonic()), by default fetch_timeout_s from now."""
     scheme = uri.partition(":")[0].lower()
     if scheme == "file":
-        return _read_file(uri, settings.uri_roots, settings.max_event_bytes)
+        return _read_file(uri, options.uri_roots, options.max_event_bytes)
     if scheme in ("http", "https"):
-        return _fetch(uri, settings, deadline or time.monotonic() + settings.fetch_timeout_s)
+        return _fetch(uri, options, deadline or time.monotonic() + options.fetch_timeout_s)
     raise Rejected(Reason.FETCH_REFUSED,
                    f"only file:// and http(s):// URIs are supported, got {shown(uri)}")
 
@@ -60,7 +75,7 @@ def shown(uri: str) -> str:
 
 # -- file://
 
-def _read_file(uri: str, roots: list[str], max_bytes: int) -> bytes:
+def _read_file(uri: str, roots: Sequence[str], max_bytes: int) -> bytes:
     try:
         parts = urlsplit(uri)
     except ValueError as exc:  # e.g. an unclosed [ in the host part
@@ -121,35 +136,35 @@ class _Hop:
     addresses: tuple[IPAddress, ...]
 
 
-def _fetch(uri: str, settings: Settings, deadline: float) -> bytes:
-    if not settings.fetch_allow_hosts:
+def _fetch(uri: str, options: FetchOptions, deadline: float) -> bytes:
+    if not options.fetch_allow_hosts:
         raise Rejected(Reason.FETCH_REFUSED, "http(s) URIs are disabled: the worker has no "
                                              "fetch_allow_hosts configured")
     attempt = 1
     while True:
         try:
-            return _follow_redirects(uri, settings, deadline)
+            return _follow_redirects(uri, options, deadline)
         except _Transient as failure:
             pause = 0.1 * 2 ** (attempt - 1)
-            if attempt > settings.fetch_retries or time.monotonic() + pause >= deadline:
+            if attempt > options.fetch_retries or time.monotonic() + pause >= deadline:
                 raise Rejected(Reason.FETCH_FAILED, f"{shown(uri)}: {failure} (gave up after "
                                                     f"{attempt} attempt(s))") from None
             time.sleep(pause)
             attempt += 1
 
 
-def _follow_redirects(uri: str, settings: Settings, deadline: float) -> bytes:
+def _follow_redirects(uri: str, options: FetchOptions, deadline: float) -> bytes:
     url = uri
-    for _ in range(settings.fetch_max_redirects + 1):
-        body, location = _get(_checked_hop(url, settings, deadline), settings, deadline)
+    for _ in range(options.fetch_max_redirects + 1):
+        body, location = _get(_checked_hop(url, options, deadline), options, deadline)
         if location is None:
             return body
         url = urljoin(url, location)
     raise Rejected(Reason.FETCH_FAILED,
-                   f"{shown(uri)}: more than {settings.fetch_max_redirects} redirects")
+                   f"{shown(uri)}: more than {options.fetch_max_redirects} redirects")
 
 
-def _checked_hop(url: str, settings: Settings, deadline: float) -> _Hop:
+def _checked_hop(url: str, options: FetchOptions, deadline: float) -> _Hop:
     """``url`` if policy lets us fetch it, with its host's addresses, each one checked."""
     try:
         parts = urlsplit(url)
@@ -165,12 +180,12 @@ def _checked_hop(url: str, settings: Settings, deadline: float) -> _Hop:
     if any(ch <= " " or ch == "\x7f" for ch in target):
         raise Rejected(Reason.FETCH_REFUSED, f"{shown(url)} holds spaces or control characters")
     host = (parts.hostname or "").rstrip(".")
-    if not host_allowed(host, settings.fetch_allow_hosts):
+    if not host_allowed(host, options.fetch_allow_hosts):
         raise Rejected(Reason.FETCH_REFUSED, f"{shown(url)}: host {host!r} is not in "
                                              "fetch_allow_hosts")
     port = port or (443 if scheme == "https" else 80)
     addresses = _resolve(host, port, deadline)
-    allowed = _networks(tuple(settings.fetch_allow_private_networks))
+    allowed = _networks(options.fetch_allow_private_networks)
     for address in addresses:
         refusal = address_refusal(address, allowed)
         if refusal:
@@ -179,7 +194,7 @@ def _checked_hop(url: str, settings: Settings, deadline: float) -> _Hop:
     return _Hop(url, host, port, scheme == "https", target, addresses)
 
 
-def host_allowed(host: str, allowed: list[str]) -> bool:
+def host_allowed(host: str, allowed: Sequence[str]) -> bool:
     """``host`` is listed, or a subdomain of a listed ``*.domain``; case and final dot ignored."""
     host = host.lower()
     for pattern in (p.lower().rstrip(".") for p in allowed):
@@ -245,10 +260,10 @@ def _resolve(host: str, port: int, deadline: float) -> tuple[IPAddress, ...]:
     return tuple(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
 
 
-def _get(hop: _Hop, settings: Settings, deadline: float) -> tuple[bytes, str | None]:
+def _get(hop: _Hop, options: FetchOptions, deadline: float) -> tuple[bytes, str | None]:
     """One GET: (body, None), or (b"", location) for a redirect."""
     live: list[socket.socket] = []  # the connection's socket, once there is one
-    connection = _PinnedConnection(hop, lambda: _connect(hop, settings, deadline, live))
+    connection = _PinnedConnection(hop, lambda: _connect(hop, options, deadline, live))
     # The total bound, even against a server that drips one byte at a time: at the deadline
     # the socket is shut down, which ends a read (or TLS handshake) blocked on it.
     cutoff = threading.Timer(_remaining(deadline), _shut_down, [live])
@@ -257,15 +272,15 @@ def _get(hop: _Hop, settings: Settings, deadline: float) -> tuple[bytes, str | N
         connection.request("GET", hop.target, headers={"Accept": "image/*",
                                                         "User-Agent": "dupwatch"})
         with connection.getresponse() as response:
-            return _answer(response, hop, settings, deadline)
+            return _answer(response, hop, options, deadline)
     except ssl.SSLError as exc:
         if time.monotonic() < deadline:  # a certificate or protocol failure: not transient
             raise Rejected(Reason.FETCH_FAILED,
                            f"{shown(hop.url)}: TLS failed: {exc.reason or exc}") from None
-        raise _Transient(f"no complete answer within {settings.fetch_timeout_s:g} s") from None
+        raise _Transient(f"no complete answer within {options.fetch_timeout_s:g} s") from None
     except (OSError, http.client.HTTPException) as exc:
         if time.monotonic() >= deadline:
-            raise _Transient(f"no complete answer within {settings.fetch_timeout_s:g} s") from None
+            raise _Transient(f"no complete answer within {options.fetch_timeout_s:g} s") from None
         raise _Transient(f"{type(exc).__name__}: {exc}") from None
     finally:
         cutoff.cancel()
@@ -288,12 +303,12 @@ class _PinnedConnection(http.client.HTTPConnection):
         self.sock = self._open_socket()
 
 
-def _connect(hop: _Hop, settings: Settings, deadline: float,
+def _connect(hop: _Hop, options: FetchOptions, deadline: float,
              live: list[socket.socket]) -> socket.socket:
     """A socket to the first of the hop's checked addresses that answers, TLS on for https."""
     error: OSError = ConnectionError("no address to connect to")
     for address in hop.addresses:
-        timeout = min(settings.fetch_connect_timeout_s, _remaining(deadline))
+        timeout = min(options.fetch_connect_timeout_s, _remaining(deadline))
         try:
             sock = socket.create_connection((str(address), hop.port), timeout)
             break
@@ -318,7 +333,7 @@ def _shut_down(live: list[socket.socket]) -> None:
             pass
 
 
-def _answer(response: http.client.HTTPResponse, hop: _Hop, settings: Settings,
+def _answer(response: http.client.HTTPResponse, hop: _Hop, options: FetchOptions,
             deadline: float) -> tuple[bytes, str | None]:
     status = f"HTTP {response.status} {response.reason[:80]}"
     if response.status in _REDIRECTS:
@@ -330,7 +345,7 @@ def _answer(response: http.client.HTTPResponse, hop: _Hop, settings: Settings,
         raise _Transient(status)
     if response.status != 200:
         raise Rejected(Reason.FETCH_FAILED, f"{shown(hop.url)}: {status}")
-    return _body(response, hop, settings.max_event_bytes, deadline), None
+    return _body(response, hop, options.max_event_bytes, deadline), None
 
 
 def _body(response: http.client.HTTPResponse, hop: _Hop, max_bytes: int,

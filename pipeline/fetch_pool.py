@@ -14,8 +14,7 @@ from concurrent.futures import Future
 
 from dupwatch.imaging.tenant_slots import TenantSlots
 from dupwatch.schemas import Reason, Rejected
-from dupwatch.settings import Settings
-from dupwatch.pipeline.fetch import read_uri
+from dupwatch.pipeline.fetch import FetchOptions, read_uri
 
 # Threads for all tenants' fetches together; started as needed. Enough for 16 tenants fetching
 # at the default concurrency at once; each holds at most one body (max_event_bytes).
@@ -29,23 +28,23 @@ class Fetches:
     """The processor's fetches of event URIs, on threads shared fairly by tenants (see the module
     docstring). ``fetch`` never blocks: its future ends with the bytes, or with Rejected
     (fetch_failed, fetch_refused), within ``fetch_timeout_s`` of the call. Thread-safe."""
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, options: FetchOptions) -> None:
+        self.options = options
         self._slots: TenantSlots[bytes] = TenantSlots(
-            "fetch", settings.fetch_tenant_concurrency, FETCH_THREADS, _refuse_past_limit)
+            "fetch", options.fetch_tenant_concurrency, FETCH_THREADS, _refuse_past_limit)
 
     def fetch(self, tenant: str, uri: str) -> Future[bytes]:
         """The bytes ``uri`` names, when fetched (or Rejected), within fetch_timeout_s."""
-        deadline = time.monotonic() + self.settings.fetch_timeout_s
+        deadline = time.monotonic() + self.options.fetch_timeout_s
         return self._slots.submit(tenant, lambda: self._read(tenant, uri, deadline))
 
     def _read(self, tenant: str, uri: str, deadline: float) -> bytes:
         if time.monotonic() >= deadline:
             raise Rejected(Reason.FETCH_FAILED, (
-                f"not fetched within fetch_timeout_s ({self.settings.fetch_timeout_s:g} s): it "
+                f"not fetched within fetch_timeout_s ({self.options.fetch_timeout_s:g} s): it "
                 f"waited all that time for tenant {tenant}'s other fetches "
                 f"({self._slots.per_tenant} at once, fetch_tenant_concurrency)"))
-        return read_uri(uri, self.settings, deadline)
+        return read_uri(uri, self.options, deadline)
 
 
 def _refuse_past_limit(tenant: str, held: int) -> Rejected | None:

@@ -25,8 +25,8 @@ from dupwatch.schemas import (
     DeadLetter, ImageEvent, Reason, Rejected, Verdict, identity_of, parse_control,
     parse_image_event,
 )
-from dupwatch.settings import Settings
 from dupwatch.pipeline import metrics
+from dupwatch.pipeline.fetch import FetchOptions
 from dupwatch.pipeline.fetch_pool import Fetches
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,18 @@ class Pending:
         return self.fetch is not None and not self.fetch.done()
 
 
+@dataclass(frozen=True)
+class ProcessorOptions:
+    """What the processor takes: event size limits, the threads and processes that parse and
+    decode, the worker's name in its records, the dead letters' excerpt, and the fetches'."""
+    max_event_bytes: int
+    max_metadata_bytes: int
+    decode_threads: int
+    worker_name: str
+    dead_letter_excerpt_bytes: int
+    fetch: FetchOptions
+
+
 class Processor:
     """Turns records into verdicts or dead letters, batch by batch.
 
@@ -77,12 +89,12 @@ class Processor:
     calling thread as if record by record, so results do not depend on the batching.
     """
 
-    def __init__(self, settings: Settings, cascade: Cascade) -> None:
-        self.settings = settings
+    def __init__(self, options: ProcessorOptions, cascade: Cascade) -> None:
+        self.options = options
         self.cascade = cascade
-        self._parsers = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="dupwatch-parse")
-        self._fetches = Fetches(settings)
-        self._decodes = DecodePool(cascade.limits, settings.decode_threads)
+        self._parsers = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="dupwatch-parse")
+        self._fetches = Fetches(options.fetch)
+        self._decodes = DecodePool(cascade.limits, options.decode_threads)
         self._ahead = ThreadPoolExecutor(1, thread_name_prefix="dupwatch-ahead")
 
     def handle_batch(self, records: list[InputRecord]) -> list[Verdict | DeadLetter]:
@@ -114,7 +126,7 @@ class Processor:
     def handle_control(self, record: InputRecord) -> DeadLetter | None:
         """Apply one control command; a dead letter if it is invalid or cannot be applied."""
         try:
-            command = parse_control(record.value, max_event_bytes=self.settings.max_event_bytes)
+            command = parse_control(record.value, max_event_bytes=self.options.max_event_bytes)
             if command.action == "remove":
                 removed = self.cascade.store.remove(command.tenant, command.image_ids)
                 log.warning("takedown for tenant %s: %d of %d images removed", command.tenant,
@@ -169,8 +181,8 @@ class Processor:
         return pending
 
     def _parsed(self, value: bytes) -> ImageEvent:
-        return parse_image_event(value, max_event_bytes=self.settings.max_event_bytes,
-                                 max_metadata_bytes=self.settings.max_metadata_bytes)
+        return parse_image_event(value, max_event_bytes=self.options.max_event_bytes,
+                                 max_metadata_bytes=self.options.max_metadata_bytes)
 
     def _start_preparing(self, pending: Pending, tenant: str, describe_ahead: bool = True) -> None:
         """Fetch (for a ``uri``) and decode the event's picture in the tenant's turns, then
@@ -265,7 +277,7 @@ class Processor:
         event, result = pending.event, pending.result
         if isinstance(result, CascadeResult) and event is not None:
             return result.to_verdict(image_id=event.image_id, tenant=event.tenant,
-                                     worker=self.settings.worker_name,
+                                     worker=self.options.worker_name,
                                      model_version=self.cascade.model_version,
                                      submitted_at=event.submitted_at, metadata=event.metadata)
         error = pending.error or result
@@ -281,10 +293,10 @@ class Processor:
     def _dead_letter(self, error: Rejected, record: InputRecord,
                      event: ImageEvent | None) -> DeadLetter:
         image_id, tenant = ((event.image_id, event.tenant) if event else
-                            identity_of(record.value, max_event_bytes=self.settings.max_event_bytes))
+                            identity_of(record.value, max_event_bytes=self.options.max_event_bytes))
         return DeadLetter.build(
-            error, record.value, worker=self.settings.worker_name,
-            excerpt_bytes=self.settings.dead_letter_excerpt_bytes, key=record.key,
+            error, record.value, worker=self.options.worker_name,
+            excerpt_bytes=self.options.dead_letter_excerpt_bytes, key=record.key,
             headers=record.headers, topic=record.topic, partition=record.partition,
             offset=record.offset, image_id=image_id, tenant=tenant)
 

@@ -14,9 +14,7 @@ from typing import Callable, Iterator, TextIO
 
 from PIL import Image
 
-from dupwatch.detectors import build_cascade
 from dupwatch.schemas import DeadLetter, ImageEvent, Reason, Rejected, Verdict, utc_now
-from dupwatch.settings import Settings
 from dupwatch.pipeline.processor import InputRecord, Pending, Processor
 from dupwatch.reporting.progress import Progress, wanted
 from dupwatch.reporting.render import TablePrinter, print_jsonl
@@ -70,40 +68,35 @@ def in_order(files: list[ImageFile], preference: str) -> list[ImageFile]:
     return sorted(files, key=lambda file: key(FileFacts.of(file.path)))
 
 
-def scan(settings: Settings, files: list[ImageFile], tenant: str,
-         processor: Processor | None = None) -> Iterator[tuple[ImageFile, Outcome]]:
+def scan(processor: Processor, files: list[ImageFile], tenant: str,
+         batch_size: int) -> Iterator[tuple[ImageFile, Outcome]]:
     """Outcomes in file order, checked as a worker checks them: ``batch_size`` files at a time,
     each against every file before it. While one batch goes through the cascade (its forward
     pass), the next one is decoded in the decode processes and its per-image work (hashes,
     local features, content regions, resizing) is done on the processor's ahead thread, so both
-    cores stay busy. ``processor``: one already started (None: one for ``settings``)."""
-    processor = processor or scan_processor(settings)
-    size = max(1, settings.batch_size)
+    cores stay busy."""
+    size = max(1, batch_size)
     batches = [files[start:start + size] for start in range(0, len(files), size)]
-    ahead = _taken_in(processor, batches[0], tenant, settings) if batches else None
+    ahead = _taken_in(processor, batches[0], tenant) if batches else None
     for number in range(len(batches)):
         current = ahead
         if number + 1 < len(batches):
-            ahead = _taken_in(processor, batches[number + 1], tenant, settings)
+            ahead = _taken_in(processor, batches[number + 1], tenant)
         yield from _settled(processor, *current)  # type: ignore[misc]
-
-
-def scan_processor(settings: Settings) -> Processor:
-    return Processor(settings.replace(worker_name="scan"), build_cascade(settings))
 
 
 _Slots = list[tuple[ImageFile, DeadLetter | None]]   # a file and its outcome if known already
 
 
-def _taken_in(processor: Processor, files: list[ImageFile], tenant: str,
-              settings: Settings) -> tuple[_Slots, list[Pending]]:
+def _taken_in(processor: Processor, files: list[ImageFile],
+              tenant: str) -> tuple[_Slots, list[Pending]]:
     """Read and parse a batch and start preparing it; returns without waiting for it."""
     slots: _Slots = []
     records = []
     for file in files:
         data = file.path.read_bytes()
         if not data:  # an event cannot carry it; say which file, as a worker would for bytes
-            slots.append((file, _empty(file, tenant, settings)))
+            slots.append((file, _empty(file, tenant, processor.options.dead_letter_excerpt_bytes)))
             continue
         event = ImageEvent(image_id=file.image_id, tenant=tenant, data=data,
                            content_type=file.content_type, submitted_at=utc_now())
@@ -119,21 +112,22 @@ def _settled(processor: Processor, slots: _Slots,
         yield file, known if known is not None else next(outcomes)
 
 
-def _empty(file: ImageFile, tenant: str, settings: Settings) -> DeadLetter:
+def _empty(file: ImageFile, tenant: str, excerpt_bytes: int) -> DeadLetter:
     error = Rejected(Reason.DECODE_FAILED, f"{file.path}: empty file (0 bytes)")
     return DeadLetter.build(error, b"", worker="scan",
-                            excerpt_bytes=settings.dead_letter_excerpt_bytes,
+                            excerpt_bytes=excerpt_bytes,
                             image_id=file.image_id, tenant=tenant)
 
 
-def run_scan(settings: Settings, files: list[ImageFile], tenant: str, output: str,
-             keep: str, out: TextIO = sys.stdout) -> int:
-    """Print the outcomes in ``output`` format; 1 if any file was rejected."""
+def run_scan(new_processor: Callable[[], Processor], batch_size: int, files: list[ImageFile],
+             tenant: str, output: str, keep: str, out: TextIO = sys.stdout) -> int:
+    """Print the outcomes in ``output`` format; 1 if any file was rejected. The processor is
+    made once the progress bar shows (it loads the model)."""
     counts: Counter[str] = Counter()
     scanned: list[tuple[ImageFile, Outcome]] = []
     table = TablePrinter(out)
     with Progress(len(files), "scanned", enabled=wanted(json_stdout=output != "groups")) as bar:
-        for file, outcome in scan(settings, files, tenant):
+        for file, outcome in scan(new_processor(), files, tenant, batch_size):
             counts["rejected" if isinstance(outcome, DeadLetter) else outcome.verdict.value] += 1
             if output == "jsonl":
                 print_jsonl(outcome.to_dict(), out)

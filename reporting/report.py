@@ -27,9 +27,8 @@ from confluent_kafka import KafkaException
 from dupwatch.imaging.image import DecodeLimits, decode
 from dupwatch.errors import UserError
 from dupwatch.schemas import Rejected
-from dupwatch.settings import Settings
 from dupwatch.messaging.follow import MissingTopic, TopicReader
-from dupwatch.messaging.kafka import require_broker
+from dupwatch.messaging.kafka import KafkaOptions, require_broker
 from dupwatch.reporting.progress import Progress, wanted
 from dupwatch.imaging.files import image_files
 
@@ -88,16 +87,16 @@ def read_jsonl(path: Path) -> Verdicts:
     return verdicts
 
 
-def read_topic(settings: Settings, topic: str, idle_timeout_s: float,
+def read_topic(kafka: KafkaOptions, topic: str, idle_timeout_s: float,
                max_records: int | None) -> Verdicts:
     try:
-        reader = TopicReader(settings, [topic], from_beginning=True)
+        reader = TopicReader(kafka, [topic], from_beginning=True)
     except MissingTopic:
         raise UserError(f"{topic}: no such file, and no such topic on "
-                         f"{settings.bootstrap_servers}") from None
+                         f"{kafka.bootstrap_servers}") from None
     except KafkaException as exc:
         raise UserError(f"cannot read topic {topic} from "
-                         f"{settings.bootstrap_servers}: {exc}") from None
+                         f"{kafka.bootstrap_servers}: {exc}") from None
     verdicts = Verdicts()
     with reader:
         for record in reader.records(max_records=max_records, idle_timeout_s=idle_timeout_s):
@@ -192,7 +191,7 @@ def images_in(groups: list[Group]) -> Iterator[str]:
             yield pair.match_id
 
 
-def load_verdicts(settings: Settings, source: str, idle_timeout_s: float,
+def load_verdicts(kafka: KafkaOptions, source: str, idle_timeout_s: float,
                   max_records: int | None) -> Verdicts:
     """``source`` is a JSON-lines file when one exists at that path, else a topic name."""
     path = Path(source)
@@ -200,18 +199,18 @@ def load_verdicts(settings: Settings, source: str, idle_timeout_s: float,
         return read_jsonl(path)
     if path.suffix in (".json", ".jsonl", ".txt") or "/" in source:
         raise UserError(f"{source}: no such file (a topic name has no '/' or suffix)")
-    require_broker(settings)
-    print(f"reading {source} from {settings.bootstrap_servers} until {idle_timeout_s:g}s pass "
+    require_broker(kafka)
+    print(f"reading {source} from {kafka.bootstrap_servers} until {idle_timeout_s:g}s pass "
           "without a new verdict", file=sys.stderr)
-    return read_topic(settings, source, idle_timeout_s, max_records)
+    return read_topic(kafka, source, idle_timeout_s, max_records)
 
 
-def write_report(settings: Settings, source: str, images: list[str], out: str, *,
-                 page_size: int, thumb_side: int, idle_timeout_s: float,
+def write_report(kafka: KafkaOptions, max_image_pixels: int, source: str, images: list[str],
+                 out: str, *, page_size: int, thumb_side: int, idle_timeout_s: float,
                  max_records: int | None) -> int:
-    verdicts = load_verdicts(settings, source, idle_timeout_s, max_records)
+    verdicts = load_verdicts(kafka, source, idle_timeout_s, max_records)
     groups = duplicate_groups(verdicts)
-    limits = DecodeLimits(settings.max_image_pixels, draft_min_side=thumb_side)
+    limits = DecodeLimits(max_image_pixels, draft_min_side=thumb_side)
     thumbs = thumbnails(images_in(groups), images, thumb_side, limits)
     page = render(groups, thumbs, verdicts, f"dupwatch report: {source}", page_size)
     Path(out).write_text(page, encoding="utf-8")

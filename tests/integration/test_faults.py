@@ -22,8 +22,7 @@ from dupwatch.schemas import ImageEvent, utc_now
 from dupwatch.settings import Settings
 from dupwatch.messaging.broker import EmbeddedBroker, free_port
 from dupwatch.messaging.follow import TopicReader
-from dupwatch.messaging.kafka import ensure_topics
-from dupwatch.messaging.publish import Publisher
+from dupwatch.wiring.kafka import ensure_topics, kafka_publisher, topic_reader
 from dupwatch.imaging.samples import Sample
 
 
@@ -62,7 +61,7 @@ class _Trickle(threading.Thread):
 
     def run(self) -> None:
         try:
-            publisher = Publisher(self.settings)
+            publisher = kafka_publisher(self.settings)
             started = time.monotonic()
             for number, (key, value) in enumerate(self.records):
                 time.sleep(max(0.0, started + number / RATE_PER_S - time.monotonic()))
@@ -115,7 +114,7 @@ def test_a_worker_killed_mid_stream_is_replaced_without_losing_events(
     ensure_topics(settings)
     records, image_ids, bad_keys = _records(samples)
     outcomes = _Outcomes()
-    with TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
+    with topic_reader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
         first = worker_factory(settings, "first")
         first.wait_ready()
         trickle = _Trickle(settings, records)
@@ -139,7 +138,7 @@ def _stream_through(settings: Settings, worker_factory, samples: list[Sample],
     ensure_topics(settings)
     records, image_ids, bad_keys = _records(samples)
     outcomes = _Outcomes()
-    with TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
+    with topic_reader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
         worker = worker_factory(settings)
         worker.wait_ready()
         trickle = _Trickle(settings, records)

@@ -21,9 +21,8 @@ from PIL import Image
 from dupwatch.bench.hostile import scan_bomb
 from dupwatch.schemas import ImageEvent, validate
 from dupwatch.settings import Settings
-from dupwatch.messaging.follow import Record, TopicReader
-from dupwatch.messaging.kafka import ensure_topics
-from dupwatch.messaging.publish import Publisher
+from dupwatch.messaging.follow import Record
+from dupwatch.wiring.kafka import ensure_topics, kafka_publisher, topic_reader
 from dupwatch.imaging.samples import Sample
 from dupwatch.streams.worker_process import WorkerProcess
 
@@ -66,8 +65,8 @@ class _Worker:
     def __init__(self, settings: Settings, source_url: str) -> None:
         self.settings = settings
         self.source_url = source_url
-        self.publisher = Publisher(settings)
-        self.reader = TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic])
+        self.publisher = kafka_publisher(settings)
+        self.reader = topic_reader(settings, [settings.verdict_topic, settings.dead_letter_topic])
         self.outcomes: dict[str, list[Record]] = {}
 
     def publish(self, events: list[ImageEvent]) -> None:

@@ -19,8 +19,7 @@ import pytest
 
 from dupwatch.settings import Settings
 from dupwatch.messaging.broker import free_port
-from dupwatch.messaging.kafka import ensure_topics
-from dupwatch.messaging.publish import Publisher
+from dupwatch.wiring.kafka import ensure_topics, kafka_publisher
 from dupwatch.locations import samples_dir
 from support.without_pytorch import env_without_pytorch
 
@@ -150,7 +149,7 @@ def _verdict(image_id: str, label: str, tenant: str = "shop", stage: str | None 
 
 
 def _produce(settings: Settings, documents: list[dict]) -> None:
-    publisher = Publisher(settings, topic=settings.verdict_topic)
+    publisher = kafka_publisher(settings, topic=settings.verdict_topic)
     for document in documents:
         publisher.publish_raw(json.dumps(document).encode(), key=b"same-partition")
     publisher.close()

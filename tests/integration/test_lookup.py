@@ -27,12 +27,12 @@ from dupwatch.index.sharded import SIZES_EVERY_S
 
 # How stale the index-size gauges may be: the shard thread counts its indexes every
 # SIZES_EVERY_S, the web server copies the counts into the gauges every GAUGE_REFRESH_S.
-SIZES_LAG_S = SIZES_EVERY_S + GAUGE_REFRESH_S + 1
+SIZES_WAIT_S = 4 * (SIZES_EVERY_S + GAUGE_REFRESH_S)  # a deadline only: the waits end on an event
 from dupwatch.messaging.broker import free_port
 from dupwatch.messaging.follow import TopicReader
-from dupwatch.messaging.kafka import ensure_topics
+from dupwatch.wiring.kafka import ensure_topics, kafka_publisher, topic_reader
 from dupwatch.cli.lookup import LookupClient, LookupFailed
-from dupwatch.messaging.publish import Publisher, file_events
+from dupwatch.messaging.publish import file_events
 from dupwatch.imaging.samples import Sample, in_upload_order
 from dupwatch.streams.worker_process import WorkerProcess
 
@@ -109,7 +109,7 @@ def _get(port: int, path: str) -> bytes:
 
 
 def _publish(settings: Settings, events: list[ImageEvent]) -> None:
-    publisher = Publisher(settings)
+    publisher = kafka_publisher(settings)
     for event in events:
         publisher.publish(event)
     publisher.close()
@@ -144,7 +144,7 @@ def worker(bootstrap_servers: str, tmp_path_factory, samples: list[Sample]) -> I
     originals = [s for s in originals if s.role == "original"]
     try:
         with WorkerProcess(settings, log) as process, \
-                TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
+                topic_reader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
             process.wait_ready()
             _publish(settings, list(file_events([s.file for s in originals], "shop"))
                      + list(file_events([originals[0].file], "other")))
@@ -183,23 +183,39 @@ def test_unrelated_images_are_unique(worker: Worker, samples) -> None:
 
 def test_the_same_lookup_twice_never_matches_itself_and_indexes_nothing(worker: Worker,
                                                                         samples) -> None:
-    probe = _unrelated(samples)[-1]
-    time.sleep(SIZES_LAG_S)  # the gauges hold every wave the fixture published
-    before = worker.index_sizes()
+    probe, mark = _unrelated(samples)[-1], samples[0].file.path.read_bytes()
+    before = _sizes_after_marks(worker, "mark-before", mark)  # every wave the fixture published
     assert before.get(("sha256", "shop")) == 8 and before.get(("sha256", "other")) == 1, before
     for _ in range(3):
         assert worker.look_up(probe)["verdict"] == "unique"
-    time.sleep(SIZES_LAG_S)
-    assert worker.index_sizes() == before
+    assert _sizes_after_marks(worker, "mark-after", mark) == before
     # The stream finds nothing of the lookups either; after it indexes the image, a lookup
     # finds it by its bytes.
-    with TopicReader(worker.settings, [worker.settings.verdict_topic]) as reader:
+    with topic_reader(worker.settings, [worker.settings.verdict_topic]) as reader:
         _publish(worker.settings, [ImageEvent("probe", "shop", probe.file.path.read_bytes())])
         verdict = next(record.document for record in reader.records(idle_timeout_s=180)
                        if record.document["image_id"] == "probe")
     assert verdict["verdict"] == "unique"
     answer = worker.look_up(probe)
     assert answer["verdict"] == "exact_duplicate" and answer["match_id"] == "probe"
+
+
+def _sizes_after_marks(worker: Worker, tenant: str, photo: bytes) -> dict[tuple[str, str], float]:
+    """The index-size gauges (without ``tenant``) once they count a mark image published now to
+    every shard for ``tenant``: each shard applies its changelog in order, so that count holds
+    everything indexed before the marks (where a fixed wait could only hope so)."""
+    shards = worker.settings.shards
+    ids: dict[int, str] = {}
+    for number in range(100 * shards):
+        ids.setdefault(shard_of(tenant, f"{tenant}-{number}", shards), f"{tenant}-{number}")
+    # distinct bytes (a suffix the decoder ignores), so each mark is an entry of its own
+    _publish(worker.settings, [ImageEvent(image_id, tenant, photo + image_id.encode())
+                               for image_id in ids.values()])
+    deadline = time.monotonic() + SIZES_WAIT_S
+    while (sizes := worker.index_sizes()).get(("sha256", tenant)) != len(ids):
+        assert time.monotonic() < deadline, f"the gauges never counted the marks: {sizes}"
+        time.sleep(0.5)
+    return {key: value for key, value in sizes.items() if key[1] != tenant}
 
 
 def test_tenants_never_mix(worker: Worker, samples) -> None:
@@ -372,7 +388,7 @@ def test_with_shards_a_lookup_on_either_worker_finds_images_the_other_holds(
     for process in workers:
         process.wait_ready()
     originals = [s for s in samples if s.role == "original"]
-    with TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
+    with topic_reader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
         _publish(settings, list(file_events([s.file for s in originals], "shop")))
         _await_verdicts(reader, len(originals))
     exact = {s.source: s for s in _copies(samples) if s.transform == "exact"}

@@ -12,9 +12,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dupwatch.settings import Settings
-from dupwatch.messaging.follow import TopicReader
-from dupwatch.messaging.kafka import ensure_topics
-from dupwatch.messaging.publish import Publisher, file_events
+from dupwatch.wiring.kafka import ensure_topics, kafka_publisher, topic_reader
+from dupwatch.messaging.publish import file_events
 from dupwatch.imaging.samples import in_upload_order
 
 WAIT_S = 90.0  # how long to wait for a worker to join its group or settle, not a speed goal
@@ -72,8 +71,8 @@ def test_a_worker_counts_what_it_processes(stream_settings: Settings, worker_fac
 
     first, second = in_upload_order(samples)
     events = list(file_events([s.file for s in first + second], "shop"))
-    with TopicReader(stream_settings, [stream_settings.verdict_topic]) as reader:
-        publisher = Publisher(stream_settings)
+    with topic_reader(stream_settings, [stream_settings.verdict_topic]) as reader:
+        publisher = kafka_publisher(stream_settings)
         for event in events:
             publisher.publish(event)
         publisher.publish_raw(b"this is not json", key=b"bad")

@@ -13,7 +13,8 @@ from confluent_kafka import Producer
 from PIL import Image
 
 from dupwatch.settings import Settings
-from dupwatch.messaging.kafka import confluent_config, ensure_topics
+from dupwatch.messaging.kafka import confluent_config
+from dupwatch.wiring.kafka import ensure_topics, kafka_options
 from support.report_page import (
     PAGE_SIZE, THUMB_SIZE, Scanned, dupwatch, image_dirs, page_data, scan_and_report,
 )
@@ -70,7 +71,7 @@ def test_report_explains_itself() -> None:
 def test_a_report_can_read_the_verdict_topic(scanned: Scanned, stream_settings: Settings,
                                              tmp_path: Path) -> None:
     ensure_topics(stream_settings)
-    producer = Producer(confluent_config(stream_settings))
+    producer = Producer(confluent_config(kafka_options(stream_settings)))
     for verdict in scanned.verdicts:
         producer.produce(stream_settings.verdict_topic, json.dumps(verdict).encode(),
                          key=f"{verdict['tenant']}/{verdict['image_id']}".encode())

@@ -17,17 +17,19 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 from PIL import Image
 
-from dupwatch.detectors import build_cascade
+from dupwatch.wiring.cascade import build_cascade
 from dupwatch.index import CandidateQuery, Entry, LocalStore, Lookup
 from dupwatch.index.codec import decode_entry
 from dupwatch.index.snapshot import MANIFEST
 from dupwatch.schemas import ImageEvent
 from dupwatch.settings import Settings
 from dupwatch.messaging.follow import TopicReader
-from dupwatch.messaging.kafka import ShardTopics, confluent_config, ensure_topics
-from dupwatch.messaging.publish import Publisher, file_events
+from dupwatch.wiring.kafka import ensure_topics, kafka_options, kafka_publisher, topic_reader
+from dupwatch.messaging.kafka import ShardTopics, confluent_config
+from dupwatch.wiring.worker import shard_client, shard_server
+from dupwatch.messaging.publish import file_events
 from dupwatch.imaging.samples import Sample, in_upload_order
-from dupwatch.index.sharded import ShardClient, ShardServer, apply
+from dupwatch.index.sharded import ShardServer, apply
 from dupwatch.messaging.broker import free_port
 from dupwatch.streams.worker_process import WorkerProcess
 
@@ -55,7 +57,7 @@ def _wait_ready(workers) -> None:
 
 
 def _publish(settings: Settings, events: list[ImageEvent]) -> None:
-    publisher = Publisher(settings)
+    publisher = kafka_publisher(settings)
     for event in events:
         publisher.publish(event)
     publisher.close()
@@ -97,7 +99,7 @@ def cluster(bootstrap_servers: str, tmp_path_factory, samples) -> Iterator[Clust
     try:
         _wait_ready(workers.values())
         first, second = in_upload_order(samples)
-        with TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
+        with topic_reader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
             _publish(settings, _events(first, "shop"))
             first_wave = {v["image_id"]: v for v in _verdicts(reader, len(first))}
             _publish(settings, _events(second, "shop") + _events(first[:1], "other"))
@@ -177,8 +179,8 @@ def _changelog(settings: Settings) -> list[tuple[str, bytes | None]]:
 def _read_changelog(settings: Settings, partitions: list[int]) -> Iterator[Message]:
     """Every record of these changelog partitions, up to their ends as they are now (as fetches
     report them: Tansu's offset list can stop short of a batch's last record)."""
-    topic = ShardTopics.of(settings).changelog
-    consumer = Consumer(confluent_config(settings, **{"group.id": "test-changelog",
+    topic = ShardTopics.of(settings.index_topic_prefix).changelog
+    consumer = Consumer(confluent_config(kafka_options(settings), **{"group.id": "test-changelog",
                                                       "enable.auto.commit": False,
                                                       "enable.partition.eof": True}))
     for partition in partitions:
@@ -217,7 +219,7 @@ def test_bank_mode_checks_against_the_bank_and_never_indexes(
     # The same upload twice under two ids: the second matches the bank, not the first upload.
     uploads = [ImageEvent(f"upload-{n}-{s.file.image_id}", "mod", s.file.path.read_bytes())
                for n in (1, 2) for s in exact]
-    with TopicReader(settings, [settings.verdict_topic]) as reader:
+    with topic_reader(settings, [settings.verdict_topic]) as reader:
         _publish(settings, uploads)
         verdicts = _verdicts(reader, len(uploads))
     for verdict in verdicts:
@@ -234,7 +236,7 @@ def test_a_killed_worker_loses_nothing_and_its_shards_are_rebuilt(
     workers = _start_workers(worker_factory, settings, tmp_path, ["k0", "k1", "k2"])
     _wait_ready(workers.values())
     events = _distinct_events(samples, 90)
-    with TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
+    with topic_reader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
         _publish(settings, events[:45])
         seen = [r.document for r in reader.records(max_records=15, idle_timeout_s=120)]
         workers["k0"].kill()  # SIGKILL, in the middle of the stream
@@ -350,7 +352,7 @@ def test_a_snapshot_plus_the_changelog_tail_equals_a_full_rebuild(
     settings = _sharded(stream_settings, shards=1)
     ensure_topics(settings)
     cascade = build_cascade(settings)
-    cascade.store = ShardClient(settings)
+    cascade.store = shard_client(settings)
     first, second = in_upload_order(samples)
     with _hosting(settings, tmp_path / "snapshots"):  # indexes wave 1, snapshots it at stop
         cascade.check_batch(_items(cascade, first))
@@ -373,8 +375,8 @@ def test_a_snapshot_plus_the_changelog_tail_equals_a_full_rebuild(
 @contextmanager
 def _hosting(settings: Settings, state_dir: Path) -> Iterator[ShardServer]:
     """A shard server in this process, hosting every shard once it has caught up."""
-    server = ShardServer(settings.replace(state_dir=str(state_dir)),
-                         build_cascade(settings).new_local_store).start()
+    server = shard_server(settings.replace(state_dir=str(state_dir)),
+                          build_cascade(settings).new_local_store).start()
     deadline = time.monotonic() + 60
     while not (server.ready and len(server.hosted()) == settings.shards):
         assert time.monotonic() < deadline, "the shard server never caught up"

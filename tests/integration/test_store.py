@@ -14,13 +14,13 @@ from dupwatch.index.snapshot import MANIFEST
 from dupwatch.schemas import ImageEvent
 from dupwatch.settings import Settings
 from dupwatch.messaging.follow import TopicReader
-from dupwatch.messaging.kafka import ensure_topics
-from dupwatch.messaging.publish import Publisher, file_events
+from dupwatch.wiring.kafka import ensure_topics, kafka_publisher, topic_reader
+from dupwatch.messaging.publish import file_events
 from dupwatch.imaging.samples import Sample, in_upload_order
 
 
 def _publish(settings: Settings, events: list[ImageEvent]) -> None:
-    publisher = Publisher(settings)
+    publisher = kafka_publisher(settings)
     for event in events:
         publisher.publish(event)
     publisher.close()
@@ -66,7 +66,7 @@ def test_a_default_worker_killed_after_its_verdicts_loses_nothing(
     assert settings.shards == Settings().shards > 0 and not settings.state_dir
     ensure_topics(settings)
     first, second = in_upload_order(samples)
-    with TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
+    with topic_reader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
         worker = worker_factory(settings, "before")
         worker.wait_ready(timeout_s=300)
         _publish(settings, _events(first))
@@ -86,7 +86,7 @@ def test_two_default_workers_find_a_copy_whichever_gets_it(
     for worker in workers:
         worker.wait_ready(timeout_s=300)
     first, second = in_upload_order(samples)
-    with TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
+    with topic_reader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
         _publish(settings, _events(first))
         originals = _verdicts(reader, _events(first))
         _publish(settings, _events(second))
@@ -104,7 +104,7 @@ def test_a_damaged_shard_snapshot_is_rebuilt_from_the_changelog(
     settings = stream_settings.replace(state_dir=str(state))
     ensure_topics(settings)
     first, second = in_upload_order(samples)
-    with TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
+    with topic_reader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
         worker = worker_factory(settings, "first")
         worker.wait_ready(timeout_s=300)
         _publish(settings, _events(first))
@@ -155,7 +155,7 @@ def test_a_worker_serves_the_configured_vector_index_after_train_after_vectors(
     worker.wait_ready(timeout_s=300)
     url = f"http://127.0.0.1:{worker.settings.web_port}/metrics"
     events = _noise_events(60)
-    with TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
+    with topic_reader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
         _publish(settings, events)
         verdicts = _verdicts(reader, events)
     assert all("verdict" in v for v in verdicts.values())

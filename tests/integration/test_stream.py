@@ -17,15 +17,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dupwatch.detectors import build_cascade
+from dupwatch.wiring.cascade import build_cascade, build_processor
 from dupwatch.model import augment
 from dupwatch.schemas import ImageEvent, validate
 from dupwatch.settings import Settings
 from dupwatch.messaging.broker import free_port
-from dupwatch.messaging.follow import TopicReader
-from dupwatch.messaging.kafka import ensure_topics
-from dupwatch.pipeline.processor import InputRecord, Processor
-from dupwatch.messaging.publish import Publisher, file_events
+from dupwatch.wiring.kafka import ensure_topics, kafka_publisher, topic_reader
+from dupwatch.pipeline.processor import InputRecord
+from dupwatch.messaging.publish import file_events
 from dupwatch.imaging.samples import Sample, in_upload_order
 from dupwatch.locations import samples_dir
 from dupwatch.imaging.files import ImageFile
@@ -136,7 +135,7 @@ def stream_run(bootstrap_servers: str, tmp_path_factory, samples) -> StreamRun:
     expected["other/" + Path(first[0].file.image_id).name] = ("unique", None)
 
     with WorkerProcess(settings, scratch / "worker.log"), \
-            TopicReader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
+            topic_reader(settings, [settings.verdict_topic, settings.dead_letter_topic]) as reader:
         # Wave 1 through the real CLI, as a user would publish a folder (one at a time: the
         # files of one folder are named by their path inside it).
         for folder in ("originals", "unrelated"):
@@ -151,7 +150,7 @@ def stream_run(bootstrap_servers: str, tmp_path_factory, samples) -> StreamRun:
         uri_event = ImageEvent(image_id="via-uri.jpg", tenant="shop", uri=(uploads / "via-uri.jpg").as_uri())
         other_tenant = next(file_events([_by_name(first[0])], "other"))
         edited = _heavy_edits(first[1], expected)
-        publisher = Publisher(settings)
+        publisher = kafka_publisher(settings)
         wave = copies + [uri_event, other_tenant] + edited
         bad = _bad_events()
         for number, event in enumerate(wave):
@@ -199,7 +198,7 @@ def test_bad_events_land_in_the_dead_letter_topic_with_their_reason(stream_run: 
 
 def test_scan_and_stream_give_identical_verdicts(stream_run: StreamRun) -> None:
     settings = stream_run.settings
-    processor = Processor(settings, build_cascade(settings.replace(state_dir="")))
+    processor = build_processor(settings, build_cascade(settings.replace(state_dir="")))
     fields = ("verdict", "match_id", "stage", "model_version")
     for event in stream_run.good:
         scanned = processor.handle(InputRecord(event.to_json())).to_dict()
@@ -231,8 +230,8 @@ def test_a_restarted_worker_keeps_its_index(stream_settings: Settings, worker_fa
     settings = stream_settings.replace(state_dir=str(tmp_path / "state"))
     ensure_topics(settings)
     first, second = in_upload_order(samples)
-    with TopicReader(settings, [settings.verdict_topic]) as reader:
-        publisher = Publisher(settings)
+    with topic_reader(settings, [settings.verdict_topic]) as reader:
+        publisher = kafka_publisher(settings)
         worker = worker_factory(settings, "first")
         for event in file_events([s.file for s in first], "shop"):
             publisher.publish(event)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from dupwatch.detectors import Cascade, build_cascade
+from dupwatch.detectors import Cascade
+from dupwatch.wiring.cascade import build_cascade
 from dupwatch.schemas import VerdictLabel
 from dupwatch.settings import Settings
 from dupwatch.imaging.samples import Sample, in_upload_order

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dupwatch.detectors import build_cascade
+from dupwatch.wiring.cascade import build_cascade, build_processor
 from dupwatch.detectors.embedding import DEFAULT_WEIGHTS, EmbeddingModel, WeightsMismatch, content_region
 from dupwatch.model import augment
 from dupwatch.model.train import TrainConfig, train
 from dupwatch.schemas import ImageEvent
 from dupwatch.settings import Settings
-from dupwatch.pipeline.processor import InputRecord, Processor
+from dupwatch.pipeline.processor import InputRecord
 
 
 def test_the_committed_weights_load_and_match_their_hash() -> None:
@@ -96,7 +96,7 @@ def test_heavy_edits_are_found_and_unrelated_photos_unique(samples) -> None:
     """Turned, overlaid and screenshotted copies are decided duplicates of the cat. The half
     crop is ranked first but scores under min_score: crops of the held-out photos are decided at
     min_score 0.99 only 5 % of the time (artifacts/MODEL_CARD.md)."""
-    processor = Processor(Settings(top_k=1), build_cascade(Settings(top_k=1)))
+    processor = build_processor(Settings(top_k=1), build_cascade(Settings(top_k=1)))
     by_id = {s.file.image_id: s for s in samples}
     original = Image.open(by_id["originals/chelsea.jpg"].file.path).convert("RGB")
     assert processor.handle(_event("cat", original)).verdict.value == "unique"
@@ -116,8 +116,8 @@ def test_a_batch_gives_the_same_verdicts_as_one_by_one(samples) -> None:
     records = [_event(f"p{i}", p) for i, p in enumerate(photos)]
     records += [_event(f"v{i}-{name}", image) for i, p in enumerate(photos[:3])
                 for name, image in _variants(p).items()]
-    one_by_one = Processor(Settings(), build_cascade(Settings()))
-    batched = Processor(Settings(), build_cascade(Settings()))
+    one_by_one = build_processor(Settings(), build_cascade(Settings()))
+    batched = build_processor(Settings(), build_cascade(Settings()))
     singles = [one_by_one.handle(record) for record in records]
     together = batched.handle_batch(records)
     for single, batch in zip(singles, together):

@@ -19,6 +19,7 @@ from dupwatch.settings import Settings
 from dupwatch.imaging.samples import load_samples
 from dupwatch.locations import samples_dir
 from dupwatch.pipeline.scan import scan
+from dupwatch.wiring.cascade import scan_processor
 from dupwatch.imaging.files import image_files
 
 # How close each backend's descriptors must stay to the trained module's (cosine, worst photo).
@@ -177,9 +178,9 @@ def test_scan_batches_change_no_verdict(export_dir, tmp_path) -> None:
     settings = Settings(embedding_backend="onnx", export_dir=str(export_dir), state_dir="")
 
     def outcomes(batch_size: int) -> list[tuple]:
-        chosen = settings.replace(batch_size=batch_size)
+        scanned = scan(scan_processor(settings), files, "t", batch_size)
         return [(file.image_id, doc.get("verdict"), doc.get("match_id"), doc.get("reason"))
-                for file, doc in ((f, o.to_dict()) for f, o in scan(chosen, files, "t"))]
+                for file, doc in ((f, o.to_dict()) for f, o in scanned)]
 
     one_by_one = outcomes(1)
     assert one_by_one == outcomes(7)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dupwatch.detectors import build_cascade
+from dupwatch.wiring.cascade import build_cascade
 from dupwatch.imaging import features
 from dupwatch.index import CandidateQuery, Entry, Found, Hit, Lookup
 from dupwatch.index.codec import (decode_entry, decode_found, decode_lookups, encode_entry,

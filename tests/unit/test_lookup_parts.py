@@ -9,14 +9,13 @@ import time
 import pytest
 from PIL import Image
 
-from dupwatch.detectors import build_cascade
+from dupwatch.wiring.cascade import build_cascade, build_processor
 from dupwatch.detectors.cascade import DESCRIBE_CHUNK
 from dupwatch.schemas import Rejected, VerdictLabel
 from dupwatch.settings import Settings
 from dupwatch.streams.cascade_thread import CascadeThread
 from dupwatch.streams.lookup_api import ApiError, LookupRequest, LookupService, TokenError, Tokens
 from dupwatch.streams.lookup_batches import LookupBatches
-from dupwatch.pipeline.processor import Processor
 from dupwatch.imaging.samples import in_upload_order
 
 HASHES = ["sha256", "phash", "phash_reoriented"]
@@ -77,7 +76,7 @@ def test_lookups_together_answer_as_alone_and_the_hash_settled_ones_first(sample
 
 def test_lookups_waiting_while_the_thread_is_busy_share_one_pass(samples) -> None:
     settings = Settings(stages=["sha256", "phash", "embedding"])
-    processor = Processor(settings, build_cascade(settings))
+    processor = build_processor(settings, build_cascade(settings))
     stage = processor.cascade.stages[-1]
     passes: list[int] = []
     describe = stage.describe_batch

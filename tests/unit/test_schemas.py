@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from dupwatch.detectors import build_cascade
+from dupwatch.wiring.cascade import build_cascade, build_processor
 from dupwatch.locations import docs_page
 from dupwatch.schemas import (
     DeadLetter, Reason, Rejected, Verdict, VerdictLabel, parse_image_event, schema, utc_now,
@@ -89,7 +89,8 @@ def test_bad_events_are_rejected_with_a_reason(payload: bytes, reason: Reason) -
 
 @pytest.fixture(scope="module")
 def processor() -> Processor:
-    return Processor(Settings(max_metadata_bytes=1_000), build_cascade(Settings(stages=["sha256"])))
+    settings = Settings(max_metadata_bytes=1_000, stages=["sha256"])
+    return build_processor(settings, build_cascade(settings))
 
 
 @pytest.mark.parametrize("payload, identity", [

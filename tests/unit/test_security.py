@@ -16,10 +16,11 @@ from aiokafka import AIOKafkaClient
 from confluent_kafka import Producer
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from dupwatch.detectors import build_cascade
+from dupwatch.wiring.cascade import build_cascade, build_processor
 from dupwatch.settings import Settings
 from dupwatch.messaging.kafka import confluent_config, faust_credentials
-from dupwatch.pipeline.processor import InputRecord, Processor
+from dupwatch.wiring.kafka import kafka_options
+from dupwatch.pipeline.processor import InputRecord
 
 PASSWORD = "kafka-pw-7f3a91"
 
@@ -47,7 +48,7 @@ def _secured(pem_files: tuple[str, str], **changes) -> Settings:
 
 def _aiokafka_client(settings: Settings) -> dict:
     """What Faust hands aiokafka, after aiokafka's own client has accepted it."""
-    auth = credentials_to_aiokafka_auth(faust_credentials(settings))
+    auth = credentials_to_aiokafka_auth(faust_credentials(kafka_options(settings)))
 
     async def build() -> None:
         AIOKafkaClient(bootstrap_servers=settings.bootstrap_servers, **auth)
@@ -62,7 +63,7 @@ def _aiokafka_client(settings: Settings) -> dict:
 ])
 def test_sasl_reaches_both_kafka_clients(pem_files, protocol: str, mechanism: str) -> None:
     settings = _secured(pem_files, security_protocol=protocol, sasl_mechanism=mechanism)
-    config = confluent_config(settings)
+    config = confluent_config(kafka_options(settings))
     assert (config["security.protocol"], config["sasl.mechanism"], config["sasl.username"],
             config["sasl.password"]) == (protocol.upper(), mechanism.upper(), "dupwatch", PASSWORD)
     Producer(config)  # librdkafka validates every property and loads the PEM files
@@ -75,7 +76,7 @@ def test_sasl_reaches_both_kafka_clients(pem_files, protocol: str, mechanism: st
 def test_mutual_tls_reaches_both_kafka_clients(pem_files) -> None:
     cert, key = pem_files
     settings = _secured(pem_files, security_protocol="SSL")
-    config = confluent_config(settings)
+    config = confluent_config(kafka_options(settings))
     assert config["security.protocol"] == "SSL" and "sasl.password" not in config
     assert (config["ssl.ca.location"], config["ssl.certificate.location"],
             config["ssl.key.location"]) == (cert, cert, key)
@@ -89,13 +90,14 @@ def test_settings_never_print_the_password() -> None:
     settings = Settings.load(env={"DUPWATCH_SASL_PASSWORD": PASSWORD})
     assert settings.sasl_password == PASSWORD
     assert PASSWORD not in repr(settings) and PASSWORD not in str(settings)
-    assert "kafka-pw" not in repr(faust_credentials(settings.replace(security_protocol="SASL_PLAINTEXT")))
+    sasl = kafka_options(settings.replace(security_protocol="SASL_PLAINTEXT"))
+    assert "kafka-pw" not in repr(faust_credentials(sasl))
 
 
 def test_url_credentials_stay_out_of_dead_letters_and_logs(tmp_path: Path, caplog) -> None:
     settings = Settings(stages=["sha256"], sasl_password=PASSWORD, uri_roots=[str(tmp_path)],
                         fetch_allow_hosts=["127.0.0.1", "images.example.org"])
-    processor = Processor(settings, build_cascade(settings))
+    processor = build_processor(settings, build_cascade(settings))
     uris = ["http://bob:hunter2-pw@images.example.org/a.jpg",
             "https://127.0.0.1/a.jpg?X-Amz-Credential=AKIA-key&X-Amz-Signature=sig-0d1e",
             "http://not-allowed.example.com/a.jpg?token=tok-77aa",

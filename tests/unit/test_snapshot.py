@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dupwatch.detectors import Cascade, build_cascade
+from dupwatch.detectors import Cascade
+from dupwatch.wiring.cascade import build_cascade
 from dupwatch.index import LocalStore
 from dupwatch.index.snapshot import MANIFEST, SnapshotError, read_snapshot, write_snapshot
 from dupwatch.settings import Settings

@@ -19,11 +19,11 @@ from typing import Iterator
 
 import pytest
 
-from dupwatch.detectors import build_cascade
+from dupwatch.wiring.cascade import build_cascade, build_processor, fetch_options
 from dupwatch.schemas import DeadLetter, Reason, Rejected, Verdict
 from dupwatch.settings import Settings
 from dupwatch.pipeline.fetch_pool import Fetches
-from dupwatch.pipeline.processor import InputRecord, Processor
+from dupwatch.pipeline.processor import InputRecord
 from dupwatch.locations import samples_dir
 from dupwatch.pipeline.fetch import address_refusal, host_allowed, read_uri
 
@@ -118,16 +118,17 @@ def _settings(**changes) -> Settings:
 
 def _rejected(uri: str, settings: Settings) -> Rejected:
     with pytest.raises(Rejected) as caught:
-        read_uri(uri, settings)
+        read_uri(uri, fetch_options(settings))
     return caught.value
 
 
 # -- http(s)://
 
 def test_an_allowed_host_is_fetched(server: str) -> None:
-    assert read_uri(f"{server}/photo.jpg", _settings()) == PHOTO
+    assert read_uri(f"{server}/photo.jpg", fetch_options(_settings())) == PHOTO
     port = server.rsplit(":", 1)[1]
-    assert read_uri(f"http://localhost:{port}/photo.jpg", _settings()) == PHOTO  # resolved by us
+    # localhost: resolved by us
+    assert read_uri(f"http://localhost:{port}/photo.jpg", fetch_options(_settings())) == PHOTO
 
 
 def test_loopback_is_refused_unless_its_network_is_allowed(server: str) -> None:
@@ -151,7 +152,7 @@ def test_http_is_off_without_an_allowlist_and_other_hosts_are_refused(server: st
 def test_redirects_are_followed_up_to_the_limit(server: str, hops: int, reason: Reason | None) -> None:
     settings = _settings(fetch_max_redirects=3)
     if reason is None:
-        assert read_uri(f"{server}/hops/{hops}", settings) == PHOTO
+        assert read_uri(f"{server}/hops/{hops}", fetch_options(settings)) == PHOTO
     else:
         error = _rejected(f"{server}/hops/{hops}", settings)
         assert error.reason == reason and "more than 3 redirects" in error.detail
@@ -182,7 +183,7 @@ def test_a_dripping_server_is_cut_off_at_the_time_budget(server: str) -> None:
 
 
 def test_transient_failures_are_retried_then_dead_lettered(server: str) -> None:
-    assert read_uri(f"{server}/flaky/a/2", _settings(fetch_retries=2)) == PHOTO
+    assert read_uri(f"{server}/flaky/a/2", fetch_options(_settings(fetch_retries=2))) == PHOTO
     assert _Handler.hits["/flaky/a/2"] == 3
     error = _rejected(f"{server}/flaky/b/9", _settings(fetch_retries=1))
     assert error.reason == Reason.FETCH_FAILED
@@ -255,9 +256,9 @@ def roots(tmp_path: Path) -> tuple[Path, Path]:
 def test_a_file_inside_the_roots_is_read(roots: tuple[Path, Path]) -> None:
     root, _ = roots
     settings = _settings(uri_roots=[str(root)])
-    assert read_uri((root / "photo.jpg").as_uri(), settings) == PHOTO
+    assert read_uri((root / "photo.jpg").as_uri(), fetch_options(settings)) == PHOTO
     os.symlink(root / "photo.jpg", root / "alias.jpg")  # a link that stays inside is fine
-    assert read_uri((root / "alias.jpg").as_uri(), settings) == PHOTO
+    assert read_uri((root / "alias.jpg").as_uri(), fetch_options(settings)) == PHOTO
 
 
 @pytest.mark.parametrize("make_uri", [
@@ -298,7 +299,7 @@ def test_file_limits_and_failures(roots: tuple[Path, Path]) -> None:
 def test_a_poison_uri_is_dead_lettered_and_the_next_event_still_gets_its_verdict(server: str) -> None:
     settings = _settings(stages=["sha256", "phash"], fetch_retries=2, fetch_timeout_s=1.5,
                          max_event_bytes=2 * len(PHOTO))  # room for the inline base64 photo
-    processor = Processor(settings, build_cascade(settings))
+    processor = build_processor(settings, build_cascade(settings))
 
     def event(image_id: str, **source) -> InputRecord:
         return InputRecord(json.dumps({"image_id": image_id, **source}).encode(), offset=len(image_id))
@@ -318,7 +319,8 @@ def test_a_poison_uri_is_dead_lettered_and_the_next_event_still_gets_its_verdict
 
 
 def test_a_tenants_slow_sources_hold_only_its_own_fetch_slots(server: str) -> None:
-    fetches = Fetches(_settings(fetch_timeout_s=1.0, fetch_retries=0, fetch_tenant_concurrency=2))
+    fetches = Fetches(fetch_options(_settings(fetch_timeout_s=1.0, fetch_retries=0,
+                                              fetch_tenant_concurrency=2)))
     dripped = _Handler.hits["/drip"]
     slow = [fetches.fetch("slow", f"{server}/drip") for _ in range(6)]
     good = fetches.fetch("other", f"{server}/photo.jpg")  # behind six slow ones, not behind them

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from dupwatch.detectors import build_cascade
+from dupwatch.wiring.cascade import build_cascade
 from dupwatch.detectors.verify import VerifyStage, compare
 from dupwatch.imaging import features
 from dupwatch.imaging.features import LocalFeatures, PictureKind

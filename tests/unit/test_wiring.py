@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import pytest
 
-from dupwatch.detectors import build_cascade
+from dupwatch.wiring.cascade import build_cascade, cascade_options
 from dupwatch.detectors.registry import StageContext, build_stage, stage
 from dupwatch.errors import ConfigError
 from dupwatch.index import Entry, LocalStore, Lookup
 from dupwatch.index.vector import KINDS
 from dupwatch.settings import Settings
-from dupwatch.wiring import Options, store_options
+from dupwatch.wiring.worker import shard_options
 
 TRAIN_AFTER = 50  # the smallest train_after there is: the samples hold more vectors than this
 
@@ -47,17 +47,17 @@ def test_the_cascade_serves_the_configured_vector_index_after_train_after_vector
 
 def test_bad_vector_settings_are_a_config_error_naming_the_flags() -> None:
     with pytest.raises(ConfigError, match="--vector-index"):
-        Options.from_settings(Settings().replace(vector_index="hnsw"))
+        cascade_options(Settings().replace(vector_index="hnsw"))
 
 
 def test_a_worker_store_needs_shards() -> None:
     with pytest.raises(ConfigError, match="--shards"):
-        store_options(Settings().replace(shards=0))
-    assert store_options(Settings()).shards > 0
+        shard_options(Settings().replace(shards=0))
+    assert shard_options(Settings()).shards > 0
 
 
 def test_an_unknown_stage_is_a_config_error_listing_the_known_ones() -> None:
-    context = StageContext(Options.from_settings(Settings()), {})
+    context = StageContext(cascade_options(Settings()), {})
     with pytest.raises(ConfigError, match="sha256"):
         build_stage("sha512", context)
 
@@ -68,7 +68,7 @@ def test_a_stage_name_registered_twice_is_refused() -> None:
 
 
 def test_every_registered_stage_declares_whether_it_is_batched() -> None:
-    options = Options.from_settings(Settings())
+    options = cascade_options(Settings())
     cascade = build_cascade(Settings())
     assert {s.name: s.batched for s in cascade.stages} == {
         "sha256": False, "phash": False, "phash_reoriented": False, "embedding": True,
