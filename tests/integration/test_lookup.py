@@ -28,6 +28,7 @@ from dupwatch.index.sharded import SIZES_EVERY_S
 # How stale the index-size gauges may be: the shard thread counts its indexes every
 # SIZES_EVERY_S, the web server copies the counts into the gauges every GAUGE_REFRESH_S.
 SIZES_WAIT_S = 4 * (SIZES_EVERY_S + GAUGE_REFRESH_S)  # a deadline only: the waits end on an event
+MARKS = "mark-"  # the tenants of _sizes_after_marks's images
 from dupwatch.messaging.broker import free_port
 from dupwatch.messaging.follow import TopicReader
 from dupwatch.wiring.kafka import ensure_topics, kafka_publisher, topic_reader
@@ -184,11 +185,11 @@ def test_unrelated_images_are_unique(worker: Worker, samples) -> None:
 def test_the_same_lookup_twice_never_matches_itself_and_indexes_nothing(worker: Worker,
                                                                         samples) -> None:
     probe, mark = _unrelated(samples)[-1], samples[0].file.path.read_bytes()
-    before = _sizes_after_marks(worker, "mark-before", mark)  # every wave the fixture published
+    before = _sizes_after_marks(worker, "before", mark)  # every wave the fixture published
     assert before.get(("sha256", "shop")) == 8 and before.get(("sha256", "other")) == 1, before
     for _ in range(3):
         assert worker.look_up(probe)["verdict"] == "unique"
-    assert _sizes_after_marks(worker, "mark-after", mark) == before
+    assert _sizes_after_marks(worker, "after", mark) == before
     # The stream finds nothing of the lookups either; after it indexes the image, a lookup
     # finds it by its bytes.
     with topic_reader(worker.settings, [worker.settings.verdict_topic]) as reader:
@@ -200,11 +201,11 @@ def test_the_same_lookup_twice_never_matches_itself_and_indexes_nothing(worker: 
     assert answer["verdict"] == "exact_duplicate" and answer["match_id"] == "probe"
 
 
-def _sizes_after_marks(worker: Worker, tenant: str, photo: bytes) -> dict[tuple[str, str], float]:
-    """The index-size gauges (without ``tenant``) once they count a mark image published now to
-    every shard for ``tenant``: each shard applies its changelog in order, so that count holds
-    everything indexed before the marks (where a fixed wait could only hope so)."""
-    shards = worker.settings.shards
+def _sizes_after_marks(worker: Worker, name: str, photo: bytes) -> dict[tuple[str, str], float]:
+    """The index-size gauges (without the marks' tenants) once they count a mark image published
+    now to every shard, for tenant mark-``name``: each shard applies its changelog in order, so
+    that count holds everything indexed before the marks (where a fixed wait could only hope so)."""
+    shards, tenant = worker.settings.shards, f"{MARKS}{name}"
     ids: dict[int, str] = {}
     for number in range(100 * shards):
         ids.setdefault(shard_of(tenant, f"{tenant}-{number}", shards), f"{tenant}-{number}")
@@ -215,7 +216,7 @@ def _sizes_after_marks(worker: Worker, tenant: str, photo: bytes) -> dict[tuple[
     while (sizes := worker.index_sizes()).get(("sha256", tenant)) != len(ids):
         assert time.monotonic() < deadline, f"the gauges never counted the marks: {sizes}"
         time.sleep(0.5)
-    return {key: value for key, value in sizes.items() if key[1] != tenant}
+    return {key: value for key, value in sizes.items() if not key[1].startswith(MARKS)}
 
 
 def test_tenants_never_mix(worker: Worker, samples) -> None:
