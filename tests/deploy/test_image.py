@@ -19,11 +19,10 @@ import pytest
 
 from dupwatch.imaging.samples import in_upload_order
 from dupwatch.messaging.broker import free_port
-from dupwatch.messaging.follow import TopicReader
-from dupwatch.messaging.kafka import ensure_topics
-from dupwatch.messaging.publish import Publisher, file_events
+from dupwatch.messaging.publish import file_events
 from dupwatch.settings import Settings
 from dupwatch.streams.worker_process import WorkerProcess
+from dupwatch.wiring.kafka import ensure_topics, kafka_publisher, topic_reader
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 # Kept between runs in buildah's storage, like a registry's base image: the bootstrap takes
@@ -130,10 +129,10 @@ def test_a_worker_inside_the_image_gives_the_demo_verdicts_and_writes_only_to_tm
     ensure_topics(settings)
     started = time.time()
     worker = WorkerProcess(settings, tmp_path / "worker.log", command=_in(container))
-    with worker, TopicReader(settings, [settings.verdict_topic,
-                                        settings.dead_letter_topic]) as reader:
+    with worker, topic_reader(settings, [settings.verdict_topic,
+                                         settings.dead_letter_topic]) as reader:
         worker.wait_ready()
-        publisher = Publisher(settings)
+        publisher = kafka_publisher(settings)
         received = {}
         for wave in in_upload_order(samples):
             for event in file_events([s.file for s in wave], tenant="image-test"):
