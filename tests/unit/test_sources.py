@@ -331,7 +331,9 @@ def test_a_tenants_slow_sources_hold_only_its_own_fetch_slots(server: str) -> No
     # had run out (or all but a moment of it, spent resolving the host), so they never
     # connected (or were cut off).
     assert set(reasons[2:]) <= {"waited for its tenant", "ran out resolving", "cut off"}
-    assert _Handler.hits["/drip"] == dripped + reasons.count("cut off")
+    # The two slots reached the server; a fetch let in later with a moment left may be cut off
+    # before its request arrives (seen under load), never one that waited throughout.
+    assert dripped + 2 <= _Handler.hits["/drip"] <= dripped + reasons.count("cut off")
 
 
 def _failure(future) -> str:
