@@ -170,8 +170,17 @@ class Processor:
                 readable.append((number, tenant, pending.image, top_k))
             else:
                 answered(number, pending.error)
-        self.cascade.look_up_batch([(tenant, image, top_k) for _, tenant, image, top_k in readable],
-                                   lambda n, result: answered(readable[n][0], result))
+        open_numbers = {number for number, *_ in readable}
+
+        def answer(position: int, result: CascadeResult | Rejected) -> None:
+            open_numbers.discard(readable[position][0])
+            answered(readable[position][0], result)
+        try:
+            self.cascade.look_up_batch(
+                [(tenant, image, top_k) for _, tenant, image, top_k in readable], answer)
+        except Exception as exc:  # a bug: each lookup still open fails with processing_failed
+            for number in sorted(open_numbers):
+                answered(number, self._unexpected(exc, lookups[number][0].record))
 
     def _parse(self, record: InputRecord) -> Pending:
         pending = Pending(record)

@@ -57,8 +57,8 @@ class LookupBatches:
         with self._lock:
             batch = self._waiting[:self._max_batch]
             self._waiting = self._waiting[self._max_batch:]
-            self._scheduled = bool(self._waiting)
-        if self._scheduled:
+            more = self._scheduled = bool(self._waiting)
+        if more:
             self._schedule()   # queued behind this job: the rest go next, in their own pass
         try:
             self._processor.look_up_batch([(pending, tenant, top_k)

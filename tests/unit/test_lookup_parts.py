@@ -98,6 +98,25 @@ def test_lookups_waiting_while_the_thread_is_busy_share_one_pass(samples) -> Non
     assert passes == [5]  # one forward pass for the five pictures
 
 
+def test_a_fault_in_a_shared_pass_fails_each_open_lookup_as_processing_failed(samples) -> None:
+    """As on the stream: a bug costs the lookups it met a 500 with a reason, not a bare error."""
+    settings = Settings(stages=["sha256", "phash", "embedding"])
+    processor = build_processor(settings, build_cascade(settings))
+
+    def broken(images):
+        raise RuntimeError("a bug in the stage")
+    processor.cascade.stages[-1].describe_batch = broken
+    bodies = [s.file.path.read_bytes() for s in samples if s.role != "copy"][:2]
+    pending = [processor.intake_lookup("shop", body, is_event=False) for body in bodies]
+    for item in pending:
+        item.preparing.exception(30)
+    answers: dict[int, object] = {}
+    processor.look_up_batch([(item, "shop", None) for item in pending], answers.__setitem__)
+    assert sorted(answers) == [0, 1]
+    assert all(isinstance(a, Rejected) and a.reason.value == "processing_failed"
+               for a in answers.values())
+
+
 def test_look_up_of_an_indexed_image_id_is_not_a_redelivery(samples) -> None:
     """The stream gives a re-delivered event the verdict it got then; a lookup of the same
     bytes must answer what matches them now (the image itself, byte for byte)."""
