@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Self, Sequence
 
 import faiss
 import numpy as np
 
 from dupwatch.index.files import load_faiss, save_faiss
-from dupwatch.index.protocol import Hit
+from dupwatch.index.protocol import Hit, last_of_each
 
 _NAME = "binary"
 
@@ -28,17 +28,26 @@ class BinaryIndex:
         self.indexed_codes = indexed_codes
         self._faiss = faiss.IndexBinaryIDMap2(faiss.IndexBinaryFlat(bits))
         self._id_by_key: dict[str, int] = {}
-        self._key_by_id: dict[int, str] = {}
-        self._next_id = 0
+        # FAISS id -> key (None: removed); a list, as ids are consecutive: 8 bytes an id
+        self._key_by_id: list[str | None] = []
 
     def add(self, key: str, signal: bytes) -> None:
-        codes = self._as_rows(signal)[: self.indexed_codes]  # checked before the old one goes
-        self.remove(key)
-        ids = np.arange(self._next_id, self._next_id + len(codes), dtype=np.int64)
-        self._faiss.add_with_ids(codes, ids)
-        self._id_by_key[key] = self._next_id
-        self._key_by_id.update({int(i): key for i in ids})
-        self._next_id += len(codes)
+        self.add_many([(key, signal)])
+
+    def add_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        # every signal checked before an old one goes
+        codes = {key: self._as_rows(signal)[: self.indexed_codes]
+                 for key, signal in last_of_each(items).items()}
+        if not codes:
+            return
+        first = len(self._key_by_id)
+        for key, rows in codes.items():  # each key's codes take the next ids
+            if key in self._id_by_key:
+                self.remove(key)
+            self._id_by_key[key] = len(self._key_by_id)
+            self._key_by_id += [key] * len(rows)
+        ids = np.arange(first, len(self._key_by_id), dtype=np.int64)
+        self._faiss.add_with_ids(np.concatenate(list(codes.values())), ids)
 
     def search(self, signal: bytes, k: int) -> list[Hit]:
         if not self._id_by_key or k <= 0:
@@ -59,16 +68,17 @@ class BinaryIndex:
         first = self._id_by_key.pop(key, None)
         if first is None:
             return False
-        ids = [i for i in range(first, first + self.indexed_codes) if self._key_by_id.get(i) == key]
+        ids = [i for i in range(first, min(first + self.indexed_codes, len(self._key_by_id)))
+               if self._key_by_id[i] == key]
         for faiss_id in ids:
-            del self._key_by_id[faiss_id]
+            self._key_by_id[faiss_id] = None
         self._faiss.remove_ids(np.array(ids, dtype=np.int64))
         return True
 
     def save(self, path: Path) -> None:
         save_faiss(path, _NAME, faiss.write_index_binary, self._faiss,
                    {"bits": self.bits, "indexed_codes": self.indexed_codes,
-                    "next_id": self._next_id, "ids": self._id_by_key})
+                    "next_id": len(self._key_by_id), "ids": self._id_by_key})
 
     @classmethod
     def load(cls, path: Path) -> Self:
@@ -76,10 +86,13 @@ class BinaryIndex:
         index = cls(keys["bits"], keys.get("indexed_codes", 1))
         index._faiss = stored
         index._id_by_key = {key: int(i) for key, i in keys["ids"].items()}
-        stored_ids = set(faiss.vector_to_array(stored.id_map).tolist())
-        index._key_by_id = {first + n: key for key, first in index._id_by_key.items()
-                            for n in range(index.indexed_codes) if first + n in stored_ids}
-        index._next_id = keys["next_id"]
+        held = set(faiss.vector_to_array(stored.id_map).tolist())
+        index._key_by_id = [None] * keys["next_id"]
+        # A key with fewer codes than indexed_codes owns fewer ids: the next key's claim wins.
+        for key, first in sorted(index._id_by_key.items(), key=lambda item: item[1]):
+            for faiss_id in range(first, min(first + index.indexed_codes, keys["next_id"])):
+                if faiss_id in held:
+                    index._key_by_id[faiss_id] = key
         return index
 
     def _as_rows(self, signal: bytes) -> np.ndarray:

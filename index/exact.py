@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Self
+from typing import Self, Sequence
 
 from dupwatch.index.protocol import Hit
 
@@ -23,6 +23,10 @@ class ExactIndex:
         self._keys_by_digest.setdefault(signal, {})[key] = self._next_order
         self._digest_by_key[key] = signal
         self._next_order += 1
+
+    def add_many(self, items: Sequence[tuple[str, bytes]]) -> None:
+        for key, signal in items:  # dictionary updates: nothing to gain from batching
+            self.add(key, signal)
 
     def search(self, signal: bytes, k: int) -> list[Hit]:
         keys = self._keys_by_digest.get(signal, {})

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, Protocol, Self, Sequence, TypeVar
 
 Signal = TypeVar("Signal", contravariant=True)
 
@@ -35,6 +35,11 @@ class Index(Protocol[Signal]):
     def add(self, key: str, signal: Signal) -> None:
         """Index ``signal`` under ``key``; adding an existing key replaces its signal."""
 
+    def add_many(self, items: Sequence[tuple[str, Signal]]) -> None:
+        """The same as adding each in turn (a key given twice keeps its last), in fewer calls
+        (a changelog replayed in batches); every signal is checked first, so a malformed one
+        raises ValueError with nothing added."""
+
     def search(self, signal: Signal, k: int) -> list[Hit]:
         """The ``k`` closest entries, closest first; ties go to the earliest added."""
 
@@ -49,3 +54,13 @@ class Index(Protocol[Signal]):
         """Read an index written by :meth:`save`."""
 
     def __len__(self) -> int: ...
+
+
+def last_of_each(items: Sequence[tuple[str, Signal]]) -> dict[str, Signal]:
+    """Each key's last signal, at the place of its last occurrence (as adding in turn leaves
+    them)."""
+    latest: dict[str, Signal] = {}
+    for key, signal in items:
+        latest.pop(key, None)
+        latest[key] = signal
+    return latest

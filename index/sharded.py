@@ -40,7 +40,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Pro
 
 from dupwatch.errors import ConfigError, StateError, WorkerFailed
 from dupwatch.index import Entry, Found, LocalStore, Lookup, set_search_threads
-from dupwatch.index.snapshot import SnapshotError
+from dupwatch.index.snapshot import BackgroundSnapshot, SnapshotError
 from dupwatch.index.codec import (
     decode_entry, decode_found, decode_lookups, dumps, encode_entry, encode_found, encode_lookups,
     entry_key, shard_of, split_key,
@@ -129,6 +129,8 @@ class ShardServer:
         self._rebalancing = True
         self._thread = threading.Thread(target=self._run, name="dupwatch-shards", daemon=True)
         self._last_snapshot = self._last_sizes = time.monotonic()
+        self._writing: tuple[int, BackgroundSnapshot] | None = None  # shard, its child
+        self._due: list[int] = []  # shards to snapshot in the background, in turn
         # Entries per stage and tenant in each hosted shard, for the metrics (refreshed here,
         # read from the web thread).
         self.sizes: dict[int, dict[str, dict[str, int]]] = {}
@@ -180,7 +182,7 @@ class ShardServer:
                          "it is restarted", WorkerFailed.exit_status, exc_info=True)
             with self._applied:
                 self._applied.notify_all()  # a lookup waiting on a shard gives up now
-            os.kill(os.getpid(), signal.SIGTERM)  # the worker's orderly stop, then exit 70
+            self._stop_the_worker()
             return
         finally:
             with self._applied:
@@ -190,6 +192,10 @@ class ShardServer:
             self._lookups.close()
             self._changelog.close()
             self._answers.flush(10)
+
+    def _stop_the_worker(self) -> None:
+        """Crash-only: the worker's orderly stop, then exit status 70 (wiring/worker.py)."""
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def check_alive(self) -> None:
         """Raise WorkerFailed if the server's thread has died."""
@@ -318,6 +324,7 @@ class ShardServer:
     # -- the changelog: the shards' only writer
 
     def _apply_changelog(self, timeout_s: float) -> None:
+        fetched: dict[int, list[Message]] = {}
         for message in _drain(self._changelog, timeout_s, 1024):
             if message.error():
                 if message.error().code() != KafkaError._PARTITION_EOF:
@@ -326,8 +333,10 @@ class ShardServer:
             shard = self._shards.get(message.partition())
             if shard is None or message.offset() < shard.next_offset:
                 continue  # revoked meanwhile, or already in the snapshot
-            apply(shard.store, message)
-            shard.next_offset = message.offset() + 1
+            fetched.setdefault(shard.number, []).append(message)
+        for number, messages in fetched.items():
+            apply(self._shards[number].store, [(m.key(), m.value()) for m in messages])
+            self._shards[number].next_offset = messages[-1].offset() + 1
         for shard in self._shards.values():
             if not shard.answering:
                 # Also the end the latest fetch reported: some brokers' offset lists (Tansu's)
@@ -386,17 +395,51 @@ class ShardServer:
             self._last_sizes = now
             self.sizes = {n: shard.store.size() for n, shard in self._shards.items()}
             self.structures = {n: shard.store.structures() for n, shard in self._shards.items()}
+        self._background_snapshots()
+
+    def _background_snapshots(self) -> None:
+        """Every ``snapshot_interval_s``, each hosted shard in turn is written by a forked
+        child while this thread goes on applying and answering (index/snapshot.py): lookups
+        wait only for the fork."""
+        if self._writing is not None:
+            number, snapshot = self._writing
+            written = snapshot.poll()
+            if written is None:
+                return
+            self._writing = None
+            self._snapshot_ended(number, snapshot, written)
         interval = self.options.snapshot_interval_s
-        if interval > 0 and now - self._last_snapshot >= interval:
-            self._snapshot_all()
+        if not self._due and interval > 0 and time.monotonic() - self._last_snapshot >= interval:
+            self._last_snapshot = time.monotonic()
+            self._due = self.hosted()
+        while self._due and self._writing is None:
+            shard = self._shards.get(self._due.pop(0))
+            target = self._snapshot_dir(shard.number) if shard is not None else None
+            if shard is not None and target is not None and shard.ready:
+                self._writing = shard.number, shard.store.save_in_background(
+                    target, {"next_offset": shard.next_offset, "saved_at": time.time()})
+
+    def _snapshot_ended(self, number: int, snapshot: BackgroundSnapshot, written: bool) -> None:
+        if written:
+            self.snapshotted_at[number] = time.time()
+            log.info("shard %d snapshotted in %.1f s", number,
+                     time.monotonic() - snapshot.started)
+        else:  # the changelog still holds everything: log it, go on serving
+            log.error("could not snapshot shard %d into %s: %s", number, snapshot.target,
+                      snapshot.error)
 
     def _snapshot_all(self) -> None:
-        self._last_snapshot = time.monotonic()
         for shard in list(self._shards.values()):
             self._snapshot(shard)
 
     def _snapshot(self, shard: _Shard) -> None:
-        """Crash-safe (index/snapshot.py): a crash or full disk leaves the previous one."""
+        """Now, in this thread (a rebalance, a stop), after a background snapshot being written
+        (two writers would clobber each other's partial copy). Crash-safe
+        (index/snapshot.py): a crash or full disk leaves the previous one."""
+        if self._writing is not None:
+            number, snapshot = self._writing
+            self._writing = None
+            self._snapshot_ended(number, snapshot, bool(snapshot.poll(wait=True)))
         target = self._snapshot_dir(shard.number)
         if target is None or not shard.ready:
             return
@@ -415,13 +458,19 @@ def _drain(consumer: Consumer, timeout_s: float, limit: int) -> list[Message]:
     return [] if first is None else [first, *consumer.consume(limit - 1, timeout=0)]
 
 
-def apply(store: LocalStore, message: Message) -> None:
-    """One changelog record into a shard: an entry replaces the image, a tombstone removes it."""
-    key = message.key()
-    if message.value() is None:
+def apply(store: LocalStore, records: list[tuple[bytes, bytes | None]]) -> None:
+    """Changelog records (key, value) into a shard, in order: an entry replaces its image, a
+    tombstone (no value) removes it. The entries between tombstones are added as one batch
+    (index/store.py): `dupwatch bench recovery` compares that with one at a time."""
+    entries: list[Entry] = []
+    for key, value in records:
+        if value is not None:
+            entries.append(decode_entry(key, value))
+            continue
+        store.add(entries)
+        entries = []
         store.remove(*_tenant_and_ids(key))
-    else:
-        store.add([decode_entry(key, message.value())])
+    store.add(entries)
 
 
 def _tenant_and_ids(key: bytes) -> tuple[str, list[str]]:

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from dupwatch.index.protocol import Hit, Index
-from dupwatch.index.snapshot import SnapshotError, read_snapshot, write_snapshot
+from dupwatch.index.snapshot import (
+    BackgroundSnapshot, SnapshotError, read_snapshot, write_snapshot,
+)
 from dupwatch.index.tenants import TenantIndexes
 from dupwatch.index.vector import VectorIndex
 
@@ -101,11 +103,22 @@ class LocalStore:
         return found
 
     def add(self, entries: list[Entry]) -> None:
+        """Index them as adding each in turn would (one replaced or repeated is its last), with
+        one call per stage and tenant (a changelog replays in batches)."""
+        latest: dict[tuple[str, str], Entry] = {}
         for entry in entries:
-            self.remove(entry.tenant, [entry.image_id])  # a re-index replaces every stage
+            latest.pop((entry.tenant, entry.image_id), None)
+            latest[entry.tenant, entry.image_id] = entry
+        batches: dict[tuple[str, str], list[tuple[str, Any]]] = {}
+        for entry in latest.values():
+            records = self._records.setdefault(entry.tenant, {})
+            if entry.image_id in records:
+                self.remove(entry.tenant, [entry.image_id])  # a re-index replaces every stage
             for stage, signal in entry.signals.items():
-                self.indexes[stage].for_tenant(entry.tenant).add(entry.image_id, signal)
-            self._records.setdefault(entry.tenant, {})[entry.image_id] = (entry.record, entry.order)
+                batches.setdefault((stage, entry.tenant), []).append((entry.image_id, signal))
+            records[entry.image_id] = (entry.record, entry.order)
+        for (stage, tenant), items in batches.items():
+            self.indexes[stage].for_tenant(tenant).add_many(items)
 
     def remove(self, tenant: str, image_ids: list[str]) -> int:
         records = self._records.get(tenant, {})
@@ -134,6 +147,11 @@ class LocalStore:
         """A crash-safe, validated snapshot in the directory ``path`` (see index/snapshot.py),
         with ``meta`` (e.g. how far into a changelog it is) in its manifest."""
         write_snapshot(path, self._write_files, meta)
+
+    def save_in_background(self, path: Path, meta: dict | None = None) -> BackgroundSnapshot:
+        """:meth:`save` from a forked child, of the store as it is now, while this process
+        goes on changing and serving it (index/snapshot.py)."""
+        return BackgroundSnapshot(path, self._write_files, meta)
 
     def _write_files(self, folder: Path) -> None:
         for stage, indexes in self.indexes.items():

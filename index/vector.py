@@ -41,13 +41,13 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Self
+from typing import Any, Self, Sequence
 
 import faiss
 import numpy as np
 
 from dupwatch.index.files import load_faiss, save_faiss
-from dupwatch.index.protocol import Hit
+from dupwatch.index.protocol import Hit, last_of_each
 
 _NAME = "vector"
 KINDS = ("flat", "hnsw-sq8", "ivf-sq8")
@@ -118,22 +118,45 @@ class VectorIndex:
     def add(self, key: str, signal: np.ndarray) -> None:
         self.add_many([(key, signal)])
 
-    def add_many(self, items: Iterable[tuple[str, np.ndarray]]) -> None:
-        """Add several keys in one FAISS call (a bulk load); a key given twice keeps its last."""
-        rows_by_key = {key: self._as_rows(signal) for key, signal in items}  # all checked first
+    def add_many(self, items: Sequence[tuple[str, np.ndarray]]) -> None:
+        """Add several keys in few FAISS calls (a bulk load, a changelog replay), giving the
+        index that adding them one by one gives (see :meth:`_run_end`)."""
+        rows_by_key = {key: self._as_rows(signal)  # all checked first
+                       for key, signal in last_of_each(items).items()}
         for key, vectors in rows_by_key.items():
             if len(vectors) > 1 << VIEW_BITS:
                 raise ValueError(f"{key}: {len(vectors)} vectors, at most {1 << VIEW_BITS} a key")
+        keys, start = list(rows_by_key), 0
+        while start < len(keys):
+            end = self._run_end(keys, rows_by_key, start)
+            self._add_run({key: rows_by_key[key] for key in keys[start:end]})
+            start = end
+
+    def _run_end(self, keys: list[str], rows_by_key: dict[str, np.ndarray], start: int) -> int:
+        """Where the run of keys from ``start`` that one FAISS call adds ends. A graph takes one
+        key a call (its parallel insertion depends on thread timing); an index that will train
+        ends a run where its vectors reach ``train_after`` (counted as if no key replaced
+        another: a run may end early, never late), so it trains on the same vectors."""
+        if self.structure == "hnsw-sq8":
+            return start + 1
+        if self.structure == "flat" and self.options.kind != "flat":
+            total = self._faiss.ntotal
+            for n in range(start, len(keys)):
+                total += len(rows_by_key[keys[n]])
+                if total >= self.options.train_after:
+                    return n + 1
+        return len(keys)
+
+    def _add_run(self, rows_by_key: dict[str, np.ndarray]) -> None:
         first_order = len(self._key_by_order)
         for key in rows_by_key:
             self.remove(key)
             self._order_by_key[key] = len(self._key_by_order)
             self._key_by_order.append(key)
         rows = list(rows_by_key.values())
-        if rows:
-            views = np.array([len(vectors) for vectors in rows])
-            self._faiss.add_with_ids(np.concatenate(rows), _ids(first_order, views))
-            self._train_if_due()
+        views = np.array([len(vectors) for vectors in rows])
+        self._faiss.add_with_ids(np.concatenate(rows), _ids(first_order, views))
+        self._train_if_due()
 
     def search(self, signal: np.ndarray, k: int) -> list[Hit]:
         if not self._order_by_key or k <= 0:

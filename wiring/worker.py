@@ -83,14 +83,14 @@ def run_worker(settings: Settings) -> None:
     worker = faust.Worker(app, quiet=True, override_logging=False)
     worker.spinner = None  # it writes cursor codes, even into a file
     try:
-        worker.execute_from_commandline()
+        worker.execute_from_commandline()  # ends by raising SystemExit, status 0 after a stop
     finally:
         client.closing = True  # a lookup waiting for a shard on a dead worker gives up
         executor.shutdown(wait=True)
         client.close()
         shards.stop()  # snapshots its shards into state_dir
         faust_dir.cleanup()
-    shards.check_alive()
+        shards.check_alive()  # its WorkerFailed replaces that SystemExit: exit status 70
 
 
 def _check_web_port(port: int) -> None:

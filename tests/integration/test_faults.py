@@ -9,21 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import pytest
 
+from dupwatch.errors import WorkerFailed
 from dupwatch.schemas import ImageEvent, utc_now
 from dupwatch.settings import Settings
 from dupwatch.messaging.broker import EmbeddedBroker, free_port
 from dupwatch.messaging.follow import TopicReader
 from dupwatch.wiring.kafka import ensure_topics, kafka_publisher, topic_reader
 from dupwatch.imaging.samples import Sample
+from dupwatch.streams.worker_process import WorkerProcess
 
 
 EVENTS = 150
@@ -253,3 +260,38 @@ def test_a_worker_reconnects_after_the_broker_port_refused_connections(
         proxy.listen()
     _stream_through(stream_settings.replace(bootstrap_servers=f"127.0.0.1:{proxy.port}"),
                     worker_factory, samples, refuse_for_10_s)
+
+
+HOOKED_WORKER = Path(__file__).parents[1] / "support" / "worker_with_fault_hook.py"
+
+
+def test_a_dead_shard_thread_fails_the_health_check_and_the_worker_exits_70(
+        stream_settings: Settings, tmp_path: Path) -> None:
+    """Crash-only: the shard server's thread dying (here by a fault hook only tests reach) must
+    not leave a worker that looks alive and answers nothing."""
+    settings = stream_settings.replace(web_port=free_port(), worker_name="faulty")
+    worker = WorkerProcess(settings, tmp_path / "worker.log",
+                           command=lambda env: [sys.executable, str(HOOKED_WORKER), str(tmp_path)])
+    with worker:
+        worker.wait_ready()
+        assert _health(settings) == (200, "alive")
+        (tmp_path / "fail").touch()
+        while (answer := _health(settings)) == (200, "alive"):
+            time.sleep(0.05)
+        assert answer is not None and answer[0] == 500 and "InjectedFault" in answer[1]
+        (tmp_path / "stop").touch()  # the hook held the worker's stop until now
+        exit_status = worker.process.wait(timeout=120)
+    assert exit_status == WorkerFailed.exit_status
+    assert "the shard server failed" in (tmp_path / "worker.log").read_text()
+
+
+def _health(settings: Settings) -> tuple[int, str] | None:
+    """/healthz's status and what it says; None once nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{settings.web_port}/healthz",
+                                    timeout=2) as response:
+            return response.status, json.loads(response.read())["status"]
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read()).get("reason", "")
+    except OSError:
+        return None

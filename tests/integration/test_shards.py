@@ -323,7 +323,7 @@ def _difference_from_rebuild(restored: LocalStore, settings: Settings, shard: in
     rebuilt = _new_store(settings)
     messages = list(_read_changelog(settings, [shard]))
     for message in messages:
-        apply(rebuilt, message)
+        apply(rebuilt, [(message.key(), message.value())])  # one at a time: the reference for the batched shards
     if restored.size() != rebuilt.size():
         return f"sizes {restored.size()} != rebuilt {rebuilt.size()}"
     queries = _lookups_of([decode_entry(m.key(), m.value()) for m in messages

@@ -11,6 +11,7 @@ from PIL import Image
 from dupwatch.wiring.cascade import build_cascade
 from dupwatch.imaging import features
 from dupwatch.index import CandidateQuery, Entry, Found, Hit, Lookup
+from dupwatch.index import codec
 from dupwatch.index.codec import (decode_entry, decode_found, decode_lookups, encode_entry,
                                   encode_found, encode_lookups, entry_key)
 from dupwatch.settings import Settings
@@ -58,3 +59,38 @@ def test_candidate_queries_and_evidence_travel_between_shards() -> None:
     assert back.hits["phash"][0].evidence is None
     entry = Entry("t", "a", {"verify": _signal(1)}, {}, 5)
     assert decode_entry(entry_key("t", "a"), encode_entry(entry)) == entry
+
+
+def _entries(count: int) -> list[Entry]:
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(count, 256)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return [Entry("t" if n % 3 else "u", f"img-{n % 40}", {
+        "sha256": rng.bytes(32), "phash": rng.bytes(32), "embedding": vectors[n:n + 1],
+        "verify": _signal(n % 5)}, {"verdict": "unique", "n": n}, n) for n in range(count)]
+
+
+def test_a_store_adding_a_batch_answers_as_one_adding_in_turn() -> None:
+    """A shard applies the changelog in batches: images repeated in a batch, across tenants."""
+    cascade = build_cascade(Settings(stages=["sha256", "phash", "embedding", "verify"]))
+    batched, one_by_one = cascade.new_local_store(), cascade.new_local_store()
+    entries = _entries(60)  # 40 images, 20 of them indexed again
+    batched.add(entries)
+    for entry in entries:
+        one_by_one.add([entry])
+    assert batched.size() == one_by_one.size()
+    queries = [Lookup(e.tenant, "query", {**e.signals, "verify": CandidateQuery(
+        e.signals["verify"], tuple(f"img-{n}" for n in range(40)))}) for e in entries[::7]]
+    for got, expected in zip(batched.lookup(queries, 5), one_by_one.lookup(queries, 5)):
+        assert got == expected
+
+
+def test_changelog_entries_written_as_json_by_earlier_versions_still_load() -> None:
+    (entry,) = _entries(1)
+    old = codec.encode_entry_json(entry)
+    back = decode_entry(entry_key("u", "img-0"), old)
+    assert (back.tenant, back.image_id, back.record, back.order) == ("u", "img-0", entry.record, 0)
+    assert back.signals.keys() == entry.signals.keys()
+    assert all(np.array_equal(back.signals[stage], signal) for stage, signal in entry.signals.items())
+    assert encode_entry(entry).startswith(codec.ENTRY_MAGIC)
+    assert len(encode_entry(entry)) < 0.8 * len(old)  # raw bytes, not base64

@@ -44,7 +44,7 @@ def _local_features(n: int) -> bytes:
 
 
 # Every key the tests below add: an index that checks named candidates is asked about all.
-_KEYS = (*(f"img-{n}" for n in range(50)), "first", "second", "third", "new", "a-img", "b-img")
+_KEYS = (*(f"img-{n}" for n in range(61)), "first", "second", "third", "new", "a-img", "b-img")
 
 
 def _identity(signal: object) -> object:
@@ -136,6 +136,43 @@ def test_ties_go_to_the_earliest_added(kind) -> None:
     for key in ("first", "second", "third"):
         index.add(key, kind.signal(1000))
     assert [hit.key for hit in index.search(kind.query(kind.signal(1000)), 3)] == ["first", "second", "third"]
+
+
+# Keys replaced by later ones (img-3), given twice in one batch (img-60), and a batch that
+# crosses train_after (50) for the compressed kinds.
+_BATCHES = [[(f"img-{n}", n) for n in range(30)],
+            [("img-60", 60), *((f"img-{n}", n) for n in range(30, 45)), ("img-3", 1003),
+             ("img-60", 1060), *((f"img-{n}", n) for n in range(45, 58))],
+            [("img-10", 1010), ("img-58", 58)]]
+
+
+def test_adding_in_batches_gives_the_index_adding_in_turn_gives(kind) -> None:
+    one_by_one, batched = kind.new(), kind.new()
+    for batch in _BATCHES:
+        for key, n in batch:
+            one_by_one.add(key, kind.signal(n))
+        batched.add_many([(key, kind.signal(n)) for key, n in batch])
+    assert len(batched) == len(one_by_one) == 60
+    for n in (0, 3, 10, 31, 57, 60, 1003, 1010, 1060):
+        query = kind.query(kind.signal(n))
+        # The same hits in the same ranks; insertion numbers may differ (a key given twice in a
+        # batch takes one), their order does not.
+        assert _ranked(batched.search(query, 5)) == _ranked(one_by_one.search(query, 5))
+
+
+def _ranked(hits: list[Hit]) -> list[tuple[str, float]]:
+    return [(hit.key, hit.distance) for hit in hits]
+
+
+def test_a_malformed_signal_in_a_batch_adds_nothing(kind) -> None:
+    if kind.malformed is None:
+        pytest.skip("this kind takes any signal (every byte string is a digest)")
+    index = _filled(kind)
+    with pytest.raises(ValueError):
+        index.add_many([("new", kind.signal(999)), ("img-1", kind.malformed)])
+    assert len(index) == 50 and all(hit.key != "new"
+                                    for hit in index.search(kind.query(kind.signal(999)), 50))
+    assert index.search(kind.query(kind.signal(1)), 1)[0].key == "img-1"
 
 
 def test_save_then_load_gives_the_same_answers(kind, tmp_path: Path) -> None:

@@ -11,7 +11,9 @@ import pytest
 from dupwatch.detectors import Cascade
 from dupwatch.wiring.cascade import build_cascade
 from dupwatch.index import LocalStore
-from dupwatch.index.snapshot import MANIFEST, SnapshotError, read_snapshot, write_snapshot
+from dupwatch.index.snapshot import (
+    MANIFEST, BackgroundSnapshot, SnapshotError, read_snapshot, write_snapshot,
+)
 from dupwatch.settings import Settings
 from dupwatch.imaging.samples import in_upload_order
 
@@ -101,3 +103,38 @@ def test_a_crash_between_the_swaps_renames_recovers_the_old_snapshot(
     restored = indexed.new_local_store()
     assert restored.load(tmp_path / "snap") == {"n": 1}
     assert restored.size() == indexed.store.size()  # type: ignore[attr-defined]
+
+
+def test_a_background_snapshot_holds_the_store_as_it_was_when_it_began(
+        indexed: Cascade, samples, tmp_path: Path) -> None:
+    """The parent goes on changing the store while the forked child writes (a shard goes on
+    applying the changelog and answering lookups during a snapshot)."""
+    store = indexed.store
+    assert isinstance(store, LocalStore)
+    before = store.size()
+    snapshot = store.save_in_background(tmp_path / "snap", {"next_offset": 7})
+    _, later = in_upload_order(samples)
+    for sample in later:  # while the child writes
+        indexed.check("t", sample.file.image_id, indexed.image(sample.file.path.read_bytes()))
+    assert store.size() != before
+    assert snapshot.poll(wait=True) is True and snapshot.error is None
+    restored = indexed.new_local_store()
+    assert restored.load(tmp_path / "snap") == {"next_offset": 7}
+    assert restored.size() == before
+
+
+def test_a_failed_background_snapshot_says_why_and_keeps_the_previous(
+        indexed: Cascade, tmp_path: Path) -> None:
+    store = indexed.store
+    assert isinstance(store, LocalStore)
+    store.save(tmp_path / "snap", {"n": 1})
+
+    def full_disk(folder: Path) -> None:
+        (folder / "half").write_bytes(b"x" * 100)
+        raise OSError(28, "No space left on device")
+
+    snapshot = BackgroundSnapshot(tmp_path / "snap", full_disk, {"n": 2})
+    assert snapshot.poll(wait=True) is False
+    assert "No space left on device" in snapshot.error
+    assert read_snapshot(tmp_path / "snap") == {"n": 1}
+    assert not (tmp_path / "snap.partial").exists()
