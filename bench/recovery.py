@@ -19,7 +19,12 @@ taken in turn (a features signal is stored, not searched, so its content does no
   after its snapshot.
 
 Recovery from snapshot + tail = load + tail. RSS is this process's, after the replay and at its
-peak. Results go to --out (JSON) and stdout (a table).
+peak.
+
+And through the bundled broker (``--broker-records N``, 0 to skip): N records produced to a
+one-shard index, then a real ShardServer given that shard, timed from joining the shard group
+until it has caught up: fetching included, the whole path of a shard rebuilt from the
+changelog alone. Results go to --out (JSON) and stdout (a table).
 """
 from __future__ import annotations
 
@@ -28,10 +33,12 @@ import resource
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+from confluent_kafka import Producer
 
 from dupwatch.bench.report import machine, percentiles_ms, write_results
 from dupwatch.detectors import Cascade
@@ -39,9 +46,13 @@ from dupwatch.imaging.samples import load_samples
 from dupwatch.index import Entry, LocalStore, Lookup
 from dupwatch.index.codec import decode_entry, encode_entry, encode_entry_json, entry_key
 from dupwatch.index.sharded import apply
+from dupwatch.messaging.broker import EmbeddedBroker
+from dupwatch.messaging.kafka import ShardTopics, confluent_config, max_message_bytes
 from dupwatch.reporting.progress import Progress, wanted
 from dupwatch.settings import Settings
 from dupwatch.wiring.cascade import build_cascade
+from dupwatch.wiring.kafka import ensure_topics, kafka_options
+from dupwatch.wiring.worker import shard_server
 
 TENANT = "bench"
 TEMPLATES = 8             # bundled photos whose features and records the entries take in turn
@@ -51,16 +62,70 @@ REFERENCE_RECORDS = 20_000
 LOOKUPS_BEFORE = 50       # lookups timed before the snapshot, for comparison
 
 
-def run_recovery_bench(settings: Settings, sizes: list[int], tail: int, out: str) -> int:
+def run_recovery_bench(settings: Settings, sizes: list[int], tail: int, broker_records: int,
+                       out: str) -> int:
     cascade = build_cascade(settings.replace(state_dir=""))
     templates = _templates(cascade)
+    through_broker = (_through_broker(settings, templates, cascade.new_local_store, broker_records)
+                      if broker_records else None)
     runs = []
     for size in sizes:
         print(f"{size:,} images, vector index {settings.vector_index}", file=sys.stderr)
         runs.append(_measure(cascade.new_local_store, templates, size, tail))
+    rows = _rows(runs)
+    if through_broker:
+        rows.append((f"{broker_records:,} records through the bundled broker",
+                     f"rebuilt in {through_broker['rebuild_s']} s "
+                     f"({through_broker['rebuild_per_s']:,.0f} records/s) after joining the "
+                     f"shard group in {through_broker['join_s']} s"))
     write_results(out, {"benchmark": "recovery", "machine": machine(),
-                        "vector_index": settings.vector_index, "runs": runs}, _rows(runs))
+                        "vector_index": settings.vector_index, "runs": runs,
+                        "through_broker": through_broker}, rows)
     return 0
+
+
+def _through_broker(settings: Settings, templates: list[Entry],
+                    new_store: Callable[[], LocalStore], count: int) -> dict:
+    """A one-shard index of ``count`` records on the bundled broker, rebuilt by a ShardServer
+    from the changelog alone (see the module docstring)."""
+    run = uuid.uuid4().hex[:8]
+    with EmbeddedBroker() as broker:
+        settings = settings.replace(
+            bootstrap_servers=broker.bootstrap_servers, shards=1, state_dir="",
+            index_topic_prefix=f"recovery-{run}.index", group_id=f"dupwatch-recovery-{run}",
+            session_timeout_s=6.0, rebalance_timeout_s=6.0)
+        ensure_topics(settings)
+        _produce(settings, _records(templates, 0, count), count)
+        started = time.perf_counter()
+        server = shard_server(settings, new_store).start()
+        while not server.assigned:
+            time.sleep(0.01)
+        joined = time.perf_counter()
+        while not (server.ready and server.hosted() == [0]):
+            server.check_alive()
+            time.sleep(0.01)
+        ready = time.perf_counter()
+        server.stop()
+    return {"records": count, "join_s": round(joined - started, 2),
+            "rebuild_s": round(ready - joined, 2), "rebuild_per_s": round(count / (ready - joined), 1)}
+
+
+def _produce(settings: Settings, records: Iterator[tuple[bytes, bytes]], count: int) -> None:
+    changelog = ShardTopics.of(settings.index_topic_prefix).changelog
+    producer = Producer(confluent_config(kafka_options(settings), **{
+        "linger.ms": 20, "message.max.bytes": max_message_bytes(settings.max_event_bytes)}))
+    with Progress(count, "producing the changelog", enabled=wanted()) as bar:
+        for key, value in records:
+            while True:
+                try:
+                    producer.produce(changelog, key=key, value=value, partition=0)
+                    break
+                except BufferError:  # the producer's queue is full: let it drain
+                    producer.poll(0.1)
+            producer.poll(0)
+            bar.advance()
+    if producer.flush(120) > 0:
+        raise RuntimeError("the broker did not take every changelog record")
 
 
 def _rows(runs: list[dict]) -> list[tuple[str, str]]:

@@ -7,20 +7,25 @@ Held like this, so a shard of millions of images does not hold them in RAM: the 
 a few KB each) lie back to back in an unlinked temporary file (``TMPDIR``; the Helm chart mounts
 an emptyDir there) and are read with ``pread`` when a candidate is checked, so the operating
 system's page cache keeps the hot ones; RAM holds only the offset of each key. A replaced or
-removed signal leaves its bytes behind until the file is compacted (at a snapshot, or once dead
-bytes outnumber live ones). A snapshot writes the live signals and their keys as two files.
+removed signal leaves its bytes behind until the file is compacted (once dead bytes outnumber
+live ones). A snapshot writes the live signals and their keys as two files; an index loaded
+from one reads the snapshot's signals file in place (opened read-only, never written: a later
+snapshot replaces it by a rename, and the open file stays readable until compaction lets it
+go) and appends to a temporary file, so a load copies none of its gigabytes.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Self, Sequence
+from typing import Any, BinaryIO, Callable, Self, Sequence
 
 from dupwatch.index.protocol import CandidateQuery, Hit, last_of_each
 
 _DATA, _KEYS = "features.bin", "features.json"
+_WRITES_AT_ONCE = 1024  # buffers a vectored write takes (IOV_MAX on Linux)
 
 # The stage's comparison of a query's signal with a stored one: (distance, evidence).
 Compare = Callable[[bytes, bytes], "tuple[float, dict[str, Any]]"]
@@ -35,8 +40,11 @@ class FeatureIndex:
         self._compare = compare
         self._max_bytes = max_bytes
         self._file = tempfile.TemporaryFile(prefix="dupwatch-features-")
+        # Offsets below _base_size are in _base (a loaded snapshot's file), the rest in _file.
+        self._base: BinaryIO | None = None
+        self._base_size = 0
         self._where: dict[str, tuple[int, int, int]] = {}   # key -> (offset, length, order)
-        self._end = 0            # bytes written to the file
+        self._end = 0            # bytes in both files
         self._live = 0           # of which still referenced
         self._next_order = 0
 
@@ -47,16 +55,19 @@ class FeatureIndex:
         latest = last_of_each(items)
         for signal in latest.values():
             self._check(signal)
-        at = self._end
-        for key, signal in latest.items():
+        signals, offset = list(latest.values()), self._end - self._base_size
+        for first in range(0, len(signals), _WRITES_AT_ONCE):  # vectored: no joined copy
+            chunk = signals[first:first + _WRITES_AT_ONCE]
+            if os.pwritev(self._file.fileno(), chunk, offset) != sum(map(len, chunk)):
+                raise OSError(errno.ENOSPC, "the features file took only part of a write")
+            offset += sum(map(len, chunk))
+        for key, signal in latest.items():  # written: now they may point at it
             if key in self._where:
                 self.remove(key)
-            self._where[key] = (at, len(signal), self._next_order)
-            at += len(signal)
+            self._where[key] = (self._end, len(signal), self._next_order)
+            self._end += len(signal)
+            self._live += len(signal)
             self._next_order += 1
-        os.pwrite(self._file.fileno(), b"".join(latest.values()), self._end)  # one write
-        self._live += at - self._end
-        self._end = at
         if self._end - self._live > max(self._live, 1 << 20):
             self._compact()
 
@@ -77,7 +88,12 @@ class FeatureIndex:
     def get(self, key: str) -> bytes | None:
         """The signal stored under ``key``, read from disk."""
         where = self._where.get(key)
-        return None if where is None else os.pread(self._file.fileno(), where[1], where[0])
+        if where is None:
+            return None
+        offset, length, _ = where
+        if offset < self._base_size:
+            return os.pread(self._base.fileno(), length, offset)  # type: ignore[union-attr]
+        return os.pread(self._file.fileno(), length, offset - self._base_size)
 
     def remove(self, key: str) -> bool:
         where = self._where.pop(key, None)
@@ -100,11 +116,9 @@ class FeatureIndex:
     def load(cls, path: Path, compare: Compare, max_bytes: int) -> Self:
         doc = json.loads((path / _KEYS).read_text())
         index = cls(compare, max_bytes)
-        with open(path / _DATA, "rb") as data:
-            _copy_in_kernel(data.fileno(), index._file.fileno(), os.fstat(data.fileno()).st_size)
-        index._file.seek(0, os.SEEK_END)
+        index._base = open(path / _DATA, "rb")
+        index._base_size = index._end = os.fstat(index._base.fileno()).st_size
         index._where = {key: (offset, length, order) for key, offset, length, order in doc["keys"]}
-        index._end = index._file.tell()
         index._live = sum(length for _, length, _ in index._where.values())
         index._next_order = doc["next_order"]
         return index
@@ -118,6 +132,9 @@ class FeatureIndex:
             where[key] = (end, length, order)
             end += length
         self._file.close()
+        if self._base is not None:
+            self._base.close()
+        self._base, self._base_size = None, 0
         self._file, self._where, self._end, self._live = fresh, where, end, end
 
     @property
@@ -126,19 +143,9 @@ class FeatureIndex:
 
     def evict_cache(self) -> None:
         """Ask the OS to drop the file's pages from its cache (a benchmark's cold reads)."""
-        self._file.flush()
-        os.posix_fadvise(self._file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        for file in filter(None, [self._file, self._base]):
+            os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
     def __len__(self) -> int:
         return len(self._where)
 
-
-def _copy_in_kernel(source: int, target: int, size: int) -> None:
-    """Copy without passing the bytes through this process (GBs at a million images; a
-    filesystem that shares blocks copies none)."""
-    copied = 0
-    while copied < size:
-        done = os.copy_file_range(source, target, size - copied, copied, copied)
-        if done == 0:
-            raise OSError(f"the features file ended at {copied} of {size} bytes")
-        copied += done

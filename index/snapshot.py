@@ -111,6 +111,7 @@ def _write_and_exit(target: Path, fill: Callable[[Path], None], meta: dict | Non
     status = 1
     try:
         gc.disable()  # a collected Kafka client would try to join threads the child lacks
+        os.nice(10)  # the parent's lookups come first on a shared core
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # stopping the worker stops its child
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         write_snapshot(target, fill, meta)

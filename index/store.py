@@ -20,7 +20,9 @@ from dupwatch.index.snapshot import (
 from dupwatch.index.tenants import TenantIndexes
 from dupwatch.index.vector import VectorIndex
 
-_RECORDS_FILE = "records.json"
+# Per tenant a JSON line of its image ids and orders, then each record's JSON on its own line.
+_RECORDS_FILE = "records.jsonl"
+_RECORDS_FILE_BEFORE = "records.json"  # one JSON document: snapshots of earlier versions
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,14 @@ class Found:
 @dataclass(frozen=True)
 class Entry:
     """One indexed image: its signal per stage that described it, the record of its verdict
-    (CascadeResult.to_record plus its sha256; empty for a bank entry) and ``order``, the time it was
+    (CascadeResult.to_record plus its sha256; empty for a bank entry), as a dict or as the JSON
+    bytes the changelog carries (kept so and decoded only when asked: a shard of millions
+    replays and holds them) and ``order``, the time it was
     indexed in ns since the epoch, which breaks ties between equal distances (earliest wins)."""
     tenant: str
     image_id: str
     signals: dict[str, Any]
-    record: dict
+    record: dict | bytes
     order: int
 
 
@@ -83,8 +87,8 @@ class LocalStore:
         self._new_indexes = new_indexes
         self.indexes: dict[str, TenantIndexes] = {
             stage: TenantIndexes(new, load) for stage, (new, load) in new_indexes.items()}
-        # (record, order) per tenant and image: for re-deliveries and for ties across shards
-        self._records: dict[str, dict[str, tuple[dict, int]]] = {}
+        # (record's JSON, order) per tenant and image: for re-deliveries and for ties across shards
+        self._records: dict[str, dict[str, tuple[bytes, int]]] = {}
 
     def lookup(self, queries: list[Lookup], k: int) -> list[Found]:
         return [self._lookup_one(query, k) for query in queries]
@@ -92,8 +96,8 @@ class LocalStore:
     def _lookup_one(self, query: Lookup, k: int) -> Found:
         records = self._records.get(query.tenant, {})
         earlier = records.get(query.image_id)
-        # Bank entries have no record: they were loaded, never judged.
-        found = Found(earlier=earlier[0] if earlier and earlier[0] else None)
+        # Bank entries have no record ({}): they were loaded, never judged.
+        found = Found(earlier=(json.loads(earlier[0]) or None) if earlier else None)
         for stage, signal in query.signals.items():
             index = self.indexes[stage].existing(query.tenant)
             hits = index.search(signal, k + 1) if index is not None else []
@@ -116,7 +120,7 @@ class LocalStore:
                 self.remove(entry.tenant, [entry.image_id])  # a re-index replaces every stage
             for stage, signal in entry.signals.items():
                 batches.setdefault((stage, entry.tenant), []).append((entry.image_id, signal))
-            records[entry.image_id] = (entry.record, entry.order)
+            records[entry.image_id] = (_json(entry.record), entry.order)
         for (stage, tenant), items in batches.items():
             self.indexes[stage].for_tenant(tenant).add_many(items)
 
@@ -156,7 +160,12 @@ class LocalStore:
     def _write_files(self, folder: Path) -> None:
         for stage, indexes in self.indexes.items():
             indexes.save(folder / stage)
-        (folder / _RECORDS_FILE).write_text(json.dumps(self._records))
+        with open(folder / _RECORDS_FILE, "wb") as out:
+            for tenant, records in self._records.items():
+                if records:
+                    out.write(_json({"tenant": tenant, "ids": list(records),
+                                     "orders": [order for _, order in records.values()]}) + b"\n")
+                    out.write(b"\n".join(record for record, _ in records.values()) + b"\n")
 
     def load(self, path: Path) -> dict | None:
         """Replace what is held with the snapshot under ``path`` and return its metadata; None
@@ -169,14 +178,33 @@ class LocalStore:
         try:
             for stage, indexes in loaded.indexes.items():
                 indexes.load(path / stage)
-            records = json.loads((path / _RECORDS_FILE).read_text())
+            records = _read_records(path)
         except Exception as exc:  # checksums matched, yet the files do not load: refuse them
             raise SnapshotError(path, f"cannot be loaded ({exc!r})") from exc
         self.indexes = loaded.indexes
-        self._records = {tenant: {key: (record, order) for key, (record, order) in keys.items()}
-                         for tenant, keys in records.items()}
+        self._records = records
         return meta
 
     def empty_copy(self) -> "LocalStore":
         """A new, empty store with the same stages (a shard, or a batch's own overlay)."""
         return LocalStore(self._new_indexes)
+
+
+def _json(record: dict | bytes) -> bytes:
+    """A record's compact JSON (never a raw newline: the records file is a line per record)."""
+    return record if isinstance(record, bytes) else json.dumps(record, separators=(",", ":")).encode()
+
+
+def _read_records(path: Path) -> dict[str, dict[str, tuple[bytes, int]]]:
+    if not (path / _RECORDS_FILE).is_file():  # a snapshot of an earlier version
+        before = json.loads((path / _RECORDS_FILE_BEFORE).read_text())
+        return {tenant: {key: (_json(record), order) for key, (record, order) in keys.items()}
+                for tenant, keys in before.items()}
+    lines, records, at = (path / _RECORDS_FILE).read_bytes().split(b"\n"), {}, 0
+    while at < len(lines) and lines[at]:
+        head = json.loads(lines[at])
+        count = len(head["ids"])
+        records[head["tenant"]] = dict(zip(head["ids"], zip(lines[at + 1:at + 1 + count],
+                                                            head["orders"], strict=True)))
+        at += 1 + count
+    return records

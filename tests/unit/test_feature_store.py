@@ -3,6 +3,8 @@
 (The contract every index keeps, the feature index included: test_index_contract.py.)"""
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +59,10 @@ def test_candidate_queries_and_evidence_travel_between_shards() -> None:
     (back,) = decode_found(encode_found([Found({"verify": [hit], "phash": [Hit(3.0, 1, "b")]})]))
     assert back.hits["verify"][0].evidence == hit.evidence
     assert back.hits["phash"][0].evidence is None
-    entry = Entry("t", "a", {"verify": _signal(1)}, {}, 5)
-    assert decode_entry(entry_key("t", "a"), encode_entry(entry)) == entry
+    entry = Entry("t", "a", {"verify": _signal(1)}, {"verdict": "unique"}, 5)
+    # the record as the JSON it travels as: the store decodes it only when asked
+    assert decode_entry(entry_key("t", "a"), encode_entry(entry)) == Entry(
+        "t", "a", entry.signals, b'{"verdict":"unique"}', 5)
 
 
 def _entries(count: int) -> list[Entry]:
@@ -90,7 +94,30 @@ def test_changelog_entries_written_as_json_by_earlier_versions_still_load() -> N
     old = codec.encode_entry_json(entry)
     back = decode_entry(entry_key("u", "img-0"), old)
     assert (back.tenant, back.image_id, back.record, back.order) == ("u", "img-0", entry.record, 0)
+    assert json.loads(decode_entry(entry_key("u", "img-0"), encode_entry(entry)).record) == entry.record
     assert back.signals.keys() == entry.signals.keys()
     assert all(np.array_equal(back.signals[stage], signal) for stage, signal in entry.signals.items())
     assert encode_entry(entry).startswith(codec.ENTRY_MAGIC)
     assert len(encode_entry(entry)) < 0.8 * len(old)  # raw bytes, not base64
+
+
+def test_a_loaded_index_reads_its_snapshot_in_place_even_once_a_newer_one_replaced_it(
+        tmp_path: Path) -> None:
+    stage = build_cascade(Settings(stages=["verify"])).stages[0]
+    index = stage.new_index()
+    signals = {n: _signal(n) for n in range(4)}
+    for n in range(3):
+        index.add(f"img-{n}", signals[n])
+    index.save(tmp_path / "old")
+    loaded = stage.load_index(tmp_path / "old")
+    loaded.add("img-3", signals[3])  # appended beside the snapshot's file, never into it
+    assert (tmp_path / "old" / "features.bin").stat().st_size == sum(map(len, list(signals.values())[:3]))
+    shutil.rmtree(tmp_path / "old")  # as a newer snapshot's swap removes it
+    assert [loaded.get(f"img-{n}") for n in range(4)] == list(signals.values())
+    loaded.save(tmp_path / "new")
+    again = stage.load_index(tmp_path / "new")
+    assert [again.get(f"img-{n}") for n in range(4)] == list(signals.values())
+    for round_ in range(300):  # compaction moves everything into its own file
+        again.add("img-0", signals[round_ % 4])
+    shutil.rmtree(tmp_path / "new")
+    assert again.get("img-0") == signals[299 % 4] and again.get("img-2") == signals[2]

@@ -2,6 +2,7 @@
 served partially, and a failed write keeps the previous one."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from dupwatch.detectors import Cascade
 from dupwatch.wiring.cascade import build_cascade
-from dupwatch.index import LocalStore
+from dupwatch.index import LocalStore, Lookup
 from dupwatch.index.snapshot import (
     MANIFEST, BackgroundSnapshot, SnapshotError, read_snapshot, write_snapshot,
 )
@@ -138,3 +139,24 @@ def test_a_failed_background_snapshot_says_why_and_keeps_the_previous(
     assert "No space left on device" in snapshot.error
     assert read_snapshot(tmp_path / "snap") == {"n": 1}
     assert not (tmp_path / "snap.partial").exists()
+
+
+def test_snapshots_of_earlier_versions_still_load(indexed: Cascade, tmp_path: Path) -> None:
+    """Before records were kept as JSON lines, a snapshot held them as one JSON document."""
+    store = indexed.store
+    assert isinstance(store, LocalStore)
+    store.save(tmp_path / "snap", {"n": 1})
+    lines = (tmp_path / "snap" / "records.jsonl").read_bytes().split(b"\n")
+    head = json.loads(lines[0])
+    before = {head["tenant"]: {image_id: [json.loads(record), order] for image_id, record, order
+                               in zip(head["ids"], lines[1:], head["orders"])}}
+    (tmp_path / "snap" / "records.jsonl").unlink()
+    (tmp_path / "snap" / "records.json").write_text(json.dumps(before))
+    (tmp_path / "snap" / MANIFEST).unlink()  # rewritten for the files as they are now
+    write_snapshot(tmp_path / "rewritten", lambda folder: shutil.copytree(
+        tmp_path / "snap", folder, dirs_exist_ok=True), {"n": 1})
+    restored = indexed.new_local_store()
+    assert restored.load(tmp_path / "rewritten") == {"n": 1}
+    queries = [Lookup("t", image_id, {}) for image_id in head["ids"]]
+    assert restored.lookup(queries, 3) == store.lookup(queries, 3)
+    assert all(found.earlier and found.earlier["label"] for found in restored.lookup(queries, 3))
