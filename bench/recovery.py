@@ -136,7 +136,8 @@ def _rows(runs: list[dict]) -> list[tuple[str, str]]:
              f"{r['replay_s']} s ({r['replay_per_s']:,.0f} records/s; one at a time from "
              f"JSON: {r['reference_per_s']:,.0f}/s); RSS {r['rss_after_replay_mb']:,.0f} MB"),
             (f"{r['images']:,}: snapshot in the background",
-             f"{r['snapshot_mb']:,.0f} MB in {r['background_snapshot_s']} s; fork pause "
+             f"{r['snapshot_mb']:,.0f} MB in {r['background_snapshot_s']} s, the child's own "
+             f"memory {r['child_private_mb']:,.0f} MB; fork pause "
              f"{r['fork_pause_ms']} ms; lookups meanwhile p50/p99/max "
              f"{_ms(r['lookups_during_snapshot_ms'])} (before: {_ms(r['lookups_before_ms'])})"),
             (f"{r['images']:,}: recovery from snapshot + {r['tail']:,} tail",
@@ -251,13 +252,15 @@ def _snapshot_while_looking_up(store: LocalStore, templates: list[Entry], size: 
     started = time.perf_counter()
     snapshot = store.save_in_background(target, {"next_offset": size})
     fork_pause = time.perf_counter() - started
-    during = []
+    during, child_private_mb = [], 0.0
     while (written := snapshot.poll()) is None:
         during.append(_timed(lambda: store.lookup([queries[len(during) % len(queries)]], 8)))
+        child_private_mb = max(child_private_mb, _private_mb(snapshot.pid))
     if not written:
         raise RuntimeError(f"the background snapshot failed: {snapshot.error}")
     return {"fork_pause_ms": round(fork_pause * 1000, 1),
             "background_snapshot_s": round(time.perf_counter() - started, 2),
+            "child_private_mb": child_private_mb,
             "lookups_before_ms": _latency(before), "lookups_during_snapshot": len(during),
             "lookups_during_snapshot_ms": _latency(during or [0.0])}
 
@@ -285,6 +288,18 @@ def _latency(seconds: list[float]) -> dict:
 def _rss_mb() -> float:
     status = Path("/proc/self/status").read_text()
     kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+    return round(kb / 1024, 1)
+
+
+def _private_mb(pid: int) -> float:
+    """Memory a process does not share with its parent (the copy-on-write copies of a forked
+    child); 0 once it has gone."""
+    try:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0.0
+    kb = sum(int(line.split()[1]) for line in rollup.splitlines()
+             if line.startswith(("Private_Clean:", "Private_Dirty:")))
     return round(kb / 1024, 1)
 
 

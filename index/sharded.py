@@ -76,10 +76,13 @@ class ShardOptions:
 
 
 def _fast_consumer(kafka: KafkaOptions, **extra: object) -> Consumer:
-    # Short fetch waits: a lookup is two hops, and a broker that holds a fetch until its
-    # maximum wait (as Tansu does) would otherwise add that wait to every hop.
+    # Short fetch waits: a lookup is two hops, and the bundled broker (Tansu) answers a fetch
+    # some way into its maximum wait even when data arrived at once (measured: a record's
+    # latency p50 4.5 ms at 5 ms, 7 ms at 50, 115 ms at 500). Not shorter: each consumer asks
+    # again every wait, and at 5 ms an idle worker kept 12 % of a core and its broker 40 %
+    # busy (6.7 % and 11 % at 50 ms).
     return Consumer(confluent_config(kafka, **{
-        "enable.auto.commit": False, "fetch.wait.max.ms": 5,
+        "enable.auto.commit": False, "fetch.wait.max.ms": 50,
         "fetch.max.bytes": max_message_bytes(kafka.max_event_bytes) * 4,
         "max.partition.fetch.bytes": max_message_bytes(kafka.max_event_bytes), **extra}))
 
