@@ -52,6 +52,7 @@ from dupwatch.messaging.kafka import (
 log = logging.getLogger(__name__)
 
 SIZES_EVERY_S = 5.0
+QUICK_SNAPSHOT_IMAGES = 10_000  # a shard this small is written in about a second
 # Kafka may drop a tombstone delete.retention.ms after compaction: a snapshot older than that
 # could miss a takedown, so such snapshots are not used (the changelog alone rebuilds the shard).
 _SNAPSHOT_MAX_AGE_S = CHANGELOG_DELETE_RETENTION_MS / 1000 - 24 * 3600
@@ -91,16 +92,43 @@ class _Shard:
     """One shard this worker hosts: its store, where it is in the changelog, and whether it
     has caught up with the changelog's end as it was when the shard was assigned."""
 
-    def __init__(self, number: int, store: LocalStore, next_offset: int, caught_up_at: int) -> None:
+    def __init__(self, number: int, store: LocalStore, next_offset: int, caught_up_at: int,
+                 snapshot: "_Snapshotted") -> None:
         self.number = number
         self.store = store
         self.next_offset = next_offset
         self.caught_up_at = caught_up_at
+        self.snapshot = snapshot  # its latest snapshot on disk
         self.answering = False  # its lookups partition is resumed
 
     @property
     def ready(self) -> bool:
         return self.next_offset >= self.caught_up_at
+
+    def snapshot_due(self) -> bool:
+        """Changed since its latest snapshot, or that snapshot is missing or nears the age at
+        which it is no longer used (the changelog's tombstone retention)."""
+        return self._snapshot_stale() or self.next_offset > self.snapshot.offset
+
+    def worth_a_snapshot_now(self) -> bool:
+        """Whether writing a snapshot while the worker waits (a rebalance, a stop) saves the
+        next start more than it costs: a small shard, or more records since the latest
+        snapshot than half its images (`bench recovery`: applying a record costs ~1.5x
+        writing one; at a million images a snapshot takes minutes, more than a stop may)."""
+        changed = self.next_offset - self.snapshot.offset
+        return self._snapshot_stale() or (changed > 0 and (
+            len(self.store) < QUICK_SNAPSHOT_IMAGES or changed > len(self.store) / 2))
+
+    def _snapshot_stale(self) -> bool:
+        return time.time() - self.snapshot.saved_at > _SNAPSHOT_MAX_AGE_S / 2
+
+
+@dataclass(frozen=True)
+class _Snapshotted:
+    """How far into its changelog a shard's snapshot goes and when it was written (zeros:
+    none)."""
+    offset: int = 0
+    saved_at: float = 0.0
 
 
 class ShardServer:
@@ -132,7 +160,7 @@ class ShardServer:
         self._rebalancing = True
         self._thread = threading.Thread(target=self._run, name="dupwatch-shards", daemon=True)
         self._last_snapshot = self._last_sizes = time.monotonic()
-        self._writing: tuple[int, BackgroundSnapshot] | None = None  # shard, its child
+        self._writing: _Writing | None = None
         self._due: list[int] = []  # shards to snapshot in the background, in turn
         # Entries per stage and tenant in each hosted shard, for the metrics (refreshed here,
         # read from the web thread).
@@ -310,15 +338,17 @@ class ShardServer:
         except SnapshotError as exc:  # never served partially: the changelog alone rebuilds it
             log.error("%s; rebuilding shard %d from the changelog alone", exc, number)
             saved = None
+        snapshotted = _Snapshotted()
         if saved is not None and time.time() - saved["saved_at"] < _SNAPSHOT_MAX_AGE_S:
             next_offset = saved["next_offset"]
+            snapshotted = _Snapshotted(next_offset, saved["saved_at"])
         elif saved is not None:
             store = self._new_store()  # it could miss takedowns compacted away since
         low, high = self._changelog.get_watermark_offsets(
             TopicPartition(self.topics.changelog, number), timeout=30, cached=False)
         start = low if next_offset == OFFSET_BEGINNING else max(next_offset, low)
         log.info("rebuilding shard %d from offset %d to %d", number, start, high)
-        return _Shard(number, store, start, high)
+        return _Shard(number, store, start, high, snapshotted)
 
     def _reassign_changelog(self) -> None:
         self._changelog.assign([TopicPartition(self.topics.changelog, shard.number, shard.next_offset)
@@ -401,16 +431,13 @@ class ShardServer:
         self._background_snapshots()
 
     def _background_snapshots(self) -> None:
-        """Every ``snapshot_interval_s``, each hosted shard in turn is written by a forked
-        child while this thread goes on applying and answering (index/snapshot.py): lookups
-        wait only for the fork."""
+        """Every ``snapshot_interval_s``, each hosted shard that changed since its latest
+        snapshot is written in turn by a forked child, while this thread goes on applying and
+        answering (index/snapshot.py): lookups wait only for the fork."""
         if self._writing is not None:
-            number, snapshot = self._writing
-            written = snapshot.poll()
-            if written is None:
+            if (written := self._writing.snapshot.poll()) is None:
                 return
-            self._writing = None
-            self._snapshot_ended(number, snapshot, written)
+            self._snapshot_ended(self._writing, written)
         interval = self.options.snapshot_interval_s
         if not self._due and interval > 0 and time.monotonic() - self._last_snapshot >= interval:
             self._last_snapshot = time.monotonic()
@@ -418,40 +445,59 @@ class ShardServer:
         while self._due and self._writing is None:
             shard = self._shards.get(self._due.pop(0))
             target = self._snapshot_dir(shard.number) if shard is not None else None
-            if shard is not None and target is not None and shard.ready:
-                self._writing = shard.number, shard.store.save_in_background(
-                    target, {"next_offset": shard.next_offset, "saved_at": time.time()})
+            if shard is not None and target is not None and shard.ready and shard.snapshot_due():
+                meta = {"next_offset": shard.next_offset, "saved_at": time.time()}
+                covers = _Snapshotted(meta["next_offset"], meta["saved_at"])
+                self._writing = _Writing(shard.number, covers,
+                                         shard.store.save_in_background(target, meta))
 
-    def _snapshot_ended(self, number: int, snapshot: BackgroundSnapshot, written: bool) -> None:
-        if written:
-            self.snapshotted_at[number] = time.time()
-            log.info("shard %d snapshotted in %.1f s", number,
-                     time.monotonic() - snapshot.started)
-        else:  # the changelog still holds everything: log it, go on serving
-            log.error("could not snapshot shard %d into %s: %s", number, snapshot.target,
-                      snapshot.error)
+    def _snapshot_ended(self, writing: "_Writing", written: bool) -> None:
+        self._writing = None
+        shard = self._shards.get(writing.shard) or self._kept_from_revoke.get(writing.shard)
+        if written and shard is not None:
+            shard.snapshot = writing.covers
+            self.snapshotted_at[writing.shard] = writing.covers.saved_at
+            log.info("shard %d snapshotted in %.1f s", writing.shard,
+                     time.monotonic() - writing.snapshot.started)
+        elif not written:  # the changelog still holds everything: log it, go on serving
+            log.error("could not snapshot shard %d into %s: %s", writing.shard,
+                      writing.snapshot.target, writing.snapshot.error)
 
     def _snapshot_all(self) -> None:
         for shard in list(self._shards.values()):
             self._snapshot(shard)
 
     def _snapshot(self, shard: _Shard) -> None:
-        """Now, in this thread (a rebalance, a stop), after a background snapshot being written
-        (two writers would clobber each other's partial copy). Crash-safe
-        (index/snapshot.py): a crash or full disk leaves the previous one."""
-        if self._writing is not None:
-            number, snapshot = self._writing
+        """Now, in this thread (a rebalance, a stop), if it is worth the wait
+        (:meth:`_Shard.worth_a_snapshot_now`); a background snapshot being written is stopped
+        first (two writers would clobber each other's partial copy; the previous snapshot
+        stays whole). Crash-safe (index/snapshot.py): a crash or full disk leaves the previous
+        one."""
+        if self._writing is not None and self._writing.snapshot.cancel():
+            self._snapshot_ended(self._writing, True)  # it had just been written
+        elif self._writing is not None:
+            log.info("stopped the background snapshot of shard %d (this worker stops or "
+                     "rebalances); its previous snapshot stays", self._writing.shard)
             self._writing = None
-            self._snapshot_ended(number, snapshot, bool(snapshot.poll(wait=True)))
         target = self._snapshot_dir(shard.number)
-        if target is None or not shard.ready:
+        if target is None or not shard.ready or not shard.worth_a_snapshot_now():
             return
+        meta = {"next_offset": shard.next_offset, "saved_at": time.time()}
         try:
-            shard.store.save(target, {"next_offset": shard.next_offset, "saved_at": time.time()})
+            shard.store.save(target, meta)
         except OSError as exc:  # the changelog still holds everything: log it, go on serving
             log.error("could not snapshot shard %d into %s: %s", shard.number, target, exc)
             return
-        self.snapshotted_at[shard.number] = time.time()
+        shard.snapshot = _Snapshotted(meta["next_offset"], meta["saved_at"])
+        self.snapshotted_at[shard.number] = shard.snapshot.saved_at
+
+
+@dataclass(frozen=True)
+class _Writing:
+    """A background snapshot under way: of which shard, and what it will cover."""
+    shard: int
+    covers: _Snapshotted
+    snapshot: BackgroundSnapshot
 
 
 def _drain(consumer: Consumer, timeout_s: float, limit: int) -> list[Message]:

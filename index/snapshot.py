@@ -91,6 +91,12 @@ class BackgroundSnapshot:
             _write_and_exit(target, fill, meta, writer)
         os.close(writer)
 
+    def cancel(self) -> bool:
+        """Stop the child (it writes into a partial copy: the previous snapshot stays whole);
+        returns whether it had written the snapshot all the same."""
+        os.kill(self.pid, signal.SIGTERM)  # not reaped yet, so the pid is still the child's
+        return bool(self.poll(wait=True))
+
     def poll(self, wait: bool = False) -> bool | None:
         """None while the child writes; then whether the snapshot was written."""
         pid, status = os.waitpid(self.pid, 0 if wait else os.WNOHANG)

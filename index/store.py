@@ -137,6 +137,10 @@ class LocalStore:
                     index.remove(image_id)
         return removed
 
+    def __len__(self) -> int:
+        """Images held, of every tenant."""
+        return sum(map(len, self._records.values()))
+
     def size(self) -> dict[str, dict[str, int]]:
         return {stage: {tenant: len(index) for tenant, index in indexes.tenants()}
                 for stage, indexes in self.indexes.items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,17 @@ def test_snapshots_of_earlier_versions_still_load(indexed: Cascade, tmp_path: Pa
     queries = [Lookup("t", image_id, {}) for image_id in head["ids"]]
     assert restored.lookup(queries, 3) == store.lookup(queries, 3)
     assert all(found.earlier and found.earlier["label"] for found in restored.lookup(queries, 3))
+
+
+def test_a_cancelled_background_snapshot_keeps_the_previous(indexed: Cascade, tmp_path: Path) -> None:
+    store = indexed.store
+    assert isinstance(store, LocalStore)
+    store.save(tmp_path / "snap", {"n": 1})
+
+    def slow(folder: Path) -> None:  # a snapshot of millions of images takes minutes
+        (folder / "half").write_bytes(b"x" * 100)
+        time.sleep(60)
+
+    snapshot = BackgroundSnapshot(tmp_path / "snap", slow, {"n": 2})
+    assert snapshot.cancel() is False
+    assert read_snapshot(tmp_path / "snap") == {"n": 1}
