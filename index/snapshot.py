@@ -21,6 +21,7 @@ so a caller never serves a partial index (a shard rebuilds from its changelog in
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 import hashlib
 import json
@@ -36,6 +37,7 @@ from dupwatch.errors import StateError
 FORMAT = 1
 MANIFEST = "manifest.json"
 _CHUNK = 1 << 20
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class SnapshotError(StateError):
@@ -117,6 +119,9 @@ def _write_and_exit(target: Path, fill: Callable[[Path], None], meta: dict | Non
     status = 1
     try:
         gc.disable()  # a collected Kafka client would try to join threads the child lacks
+        # Dies with the thread that forked it: an orphan would hold the worker's sockets (its
+        # web port) open while it finishes writing.
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         os.nice(10)  # the parent's lookups come first on a shared core
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # stopping the worker stops its child
         signal.signal(signal.SIGINT, signal.SIG_DFL)
