@@ -32,7 +32,7 @@ def register(commands: Commands) -> None:
                              metavar="BENCHMARK")
     for add in (_throughput_command, _workers_command, _recovery_command, _quality_command,
                 _embedding_command, _index_command, _features_command, _soak_command,
-                _lookup_command, _hostile_command):
+                _chaos_command, _lookup_command, _hostile_command):
         add(benches)
 
 
@@ -274,6 +274,54 @@ def _soak(settings: Settings, args: argparse.Namespace) -> int:
         require_broker(settings)
     return run_soak_bench(settings, args.minutes, args.rate, args.warmup_minutes, args.images,
                           own_broker=own_broker, out=args.out)
+
+
+def _chaos_command(benches: Commands) -> None:
+    chaos = benches.add("chaos", _chaos,
+                        "Three workers under traffic while workers are killed and the broker "
+                        "frozen: lost, inconsistent and missed events, latency, lag, memory.",
+                        "Starts an embedded broker and three worker processes sharing a sharded "
+                        "index (each with its own state folder), measures their capacity on "
+                        "`bench soak`'s mix, then publishes that mix at half of it for "
+                        "--minutes, over two tenants, with a third sending scan bombs. "
+                        "Meanwhile, one fault at a time: a random worker is killed (SIGKILL) "
+                        "every --kill-every seconds and started again at once, and the broker "
+                        "is frozen (SIGSTOP, then SIGCONT) --stalls times for --stall-seconds. "
+                        "A fault's window lasts until every worker is ready again and the "
+                        "events published until then are answered. Reports, per window and "
+                        "outside the windows: events lost (no verdict or dead letter), "
+                        "re-delivered events answered differently, exact copies that missed an "
+                        "original already answered, p99 latency, consumer lag; and each "
+                        "process's RSS over time. Exit status 1 when anything was lost, "
+                        "inconsistent or missed, or a worker exited unexpectedly (its logs are "
+                        "then kept in FILE.logs/). Definitions: the module's docstring "
+                        "(bench/chaos.py); results: docs/benchmarks.md.")
+    chaos.add_argument("--minutes", type=float, default=10.0, metavar="N",
+                       help="how long to publish (then it waits for the last answers)")
+    chaos.add_argument("--rate", type=float, default=None, metavar="R",
+                       help="events/s to publish, skipping the capacity probe; default: half "
+                            "the three workers' capacity, measured first by letting them drain "
+                            "2000 events of the mix")
+    chaos.add_argument("--kill-every", type=float, default=45.0, metavar="S",
+                       help="seconds between worker kills, +-25%% (seeded); 0: no kills")
+    chaos.add_argument("--stalls", type=int, default=2, metavar="N",
+                       help="broker freezes, spread evenly over the run")
+    chaos.add_argument("--stall-seconds", type=float, default=15.0, metavar="S",
+                       help="how long each broker freeze lasts")
+    chaos.add_argument("--images", default=None, metavar="DIR",
+                       help="photos to cut new pictures from (default: the bundled originals "
+                            "and unrelated photos)")
+    chaos.add_argument("--logs", default=None, metavar="DIR",
+                       help="keep every worker's log in DIR (default: kept in FILE.logs/ only "
+                            "when the run fails)")
+    _add_out(chaos, "chaos", "the JSON results (lost, inconsistent, missed_copies, windows, "
+                             "series)")
+
+
+def _chaos(settings: Settings, args: argparse.Namespace) -> int:
+    from dupwatch.bench.chaos import run_chaos_bench
+    return run_chaos_bench(settings, args.minutes, args.rate, args.kill_every, args.stalls,
+                           args.stall_seconds, args.images, args.out, args.logs)
 
 
 def _lookup_command(benches: Commands) -> None:
