@@ -16,8 +16,10 @@ The run
   worker gets SIGKILL and is started again at once (named ``chaos-<slot>.<life>``, same
   state_dir); --stalls times, at equal fractions of the run, the broker gets SIGSTOP for
   --stall-seconds, then SIGCONT. A fault waits until the previous fault's window has closed
-  and QUIET_S more, so windows never overlap (a stall that is due goes before a kill that is);
-  none starts in the last FAULT_FREE_TAIL of the run. A worker that exits on its own is restarted too, and the run fails.
+  and QUIET_S more, so windows never overlap (a stall that is due goes before a kill that is).
+  Faults start only while the traffic runs, and no kill in its last KILL_FREE_TAIL (its
+  replacement should meet traffic). A worker that exits on its own is started again too, and
+  the run fails.
 
 A fault window runs from the fault (SIGKILL or SIGSTOP sent) until all of these hold:
 1. the fault is over: the killed worker's replacement started, or SIGCONT sent;
@@ -73,12 +75,11 @@ import uuid
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
 from dupwatch.bench.report import machine, markdown_table, percentiles_ms, write_results
 from dupwatch.bench.traffic import (
-    MIX, Collector, Ledger, PacedPublisher, Traffic, drain_rate, log_line, make_events,
-    publish_events, rss_mb, sample_every, sources, worker_metrics,
+    MIX, Ledger, PacedPublisher, Run, Senders, Traffic, drain_rate, make_events,
+    publish_events, rss_mb, sources, worker_metrics,
 )
 from dupwatch.errors import UserError
 from dupwatch.messaging.broker import EmbeddedBroker, free_port
@@ -96,7 +97,7 @@ BOMB_EVERY_S = 30.0
 GROUP_TIMEOUT_S = 6.0         # rebalance and session timeouts
 SNAPSHOT_INTERVAL_S = 15.0    # kills come every ~45 s: a restarted worker finds a snapshot
 QUIET_S = 5.0                 # at least this long between a window's end and the next fault
-FAULT_FREE_TAIL = 0.1         # no fault starts in this last share of the traffic
+KILL_FREE_TAIL = 0.1          # no kill starts in this last share of the traffic
 RECOVERY_TIMEOUT_S = 180.0
 SETTLE_MAX_S = 120.0
 START_TIMEOUT_S = 300.0       # three workers starting at once on a small machine
@@ -107,16 +108,32 @@ RSS_MIN_SPAN_S = 60.0
 SEED = 26
 GOALS = {"lost": 0, "inconsistent": 0, "missed_copies": 0, "p99_outside_windows_ms": 2000,
          "worker_rss_growth_last_half": 0.10}
-_PER_MINUTE = round(60 / SAMPLE_EVERY_S)
 _REBUILDING = re.compile(r"rebuilding shard (\d+) from offset (\d+) to (\d+)")
 
 
-def run_chaos_bench(settings: Settings, minutes: float, rate: float | None, kill_every_s: float,
-                    stalls: int, stall_s: float, images_dir: str | None, out: str,
-                    logs: str | None = None) -> int:
-    _check(minutes, rate, kill_every_s, stalls, stall_s)
-    traffic = Traffic(sources(images_dir), settings, tenants=TENANTS, prefix="chaos",
-                      bomb_tenant=BOMB_TENANT, bomb_every_s=BOMB_EVERY_S, seed=SEED)
+@dataclass(frozen=True)
+class Schedule:
+    """How long the traffic runs and which faults strike meanwhile (the command's options)."""
+    seconds: float
+    kill_every_s: float = 45.0      # 0: no kills
+    stalls: int = 2
+    stall_s: float = 15.0
+
+    def check(self) -> None:
+        if self.seconds <= 0:
+            raise UserError("--minutes must be more than 0")
+        if self.kill_every_s < 0 or self.stalls < 0 or self.stall_s <= 0:
+            raise UserError("--kill-every and --stalls must be 0 or more, --stall-seconds more "
+                            "than 0")
+
+
+def run_chaos_bench(settings: Settings, schedule: Schedule, rate: float | None,
+                    images_dir: str | None, out: str, logs: str | None = None) -> int:
+    schedule.check()
+    if rate is not None and rate <= 0:
+        raise UserError("--rate must be more than 0 events/s")
+    traffic = Traffic(sources(images_dir), settings,
+                      Senders(TENANTS, "chaos", BOMB_TENANT, BOMB_EVERY_S), seed=SEED)
     run = uuid.uuid4().hex[:8]
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as scratch:
         settings = settings.replace(
@@ -133,11 +150,10 @@ def run_chaos_bench(settings: Settings, minutes: float, rate: float | None, kill
             if rate is None:
                 capacity = chaos.probe()
                 rate = CAPACITY_SHARE * capacity["images_per_s"]
-            chaos.run(rate, minutes * 60, kill_every_s, stalls, stall_s)
+            chaos.run(rate, schedule)
         finally:
             chaos.stop()
-        results = _results(chaos, rate, minutes, capacity,
-                           {"kill_every_s": kill_every_s, "stalls": stalls, "stall_s": stall_s})
+        results = _results(chaos, rate, schedule, capacity)
         if logs or results["failed"]:
             kept = Path(logs or Path(out).with_suffix(".logs"))
             shutil.copytree(scratch, kept, dirs_exist_ok=True,
@@ -145,22 +161,11 @@ def run_chaos_bench(settings: Settings, minutes: float, rate: float | None, kill
             results["logs"] = str(kept)
     print(_windows_table(results))
     print()
-    print(_minute_table(chaos.samples))
+    print(_minute_table(chaos.series.per_minute()))
     print()
     print(_goals_table(results))
     write_results(out, results, _summary_rows(results))
     return 1 if results["failed"] else 0
-
-
-def _check(minutes: float, rate: float | None, kill_every_s: float, stalls: int,
-           stall_s: float) -> None:
-    if minutes <= 0:
-        raise UserError("--minutes must be more than 0")
-    if rate is not None and rate <= 0:
-        raise UserError("--rate must be more than 0 events/s")
-    if kill_every_s < 0 or stalls < 0 or stall_s <= 0:
-        raise UserError("--kill-every and --stalls must be 0 or more, --stall-seconds more "
-                        "than 0")
 
 
 @dataclass
@@ -297,16 +302,12 @@ class Faults(threading.Thread):
     """Carries out the fault schedule while the traffic runs, one window at a time, until
     :attr:`stopping` is set (it finishes the window under way)."""
 
-    def __init__(self, cluster: Cluster, broker: EmbeddedBroker, ledger: Ledger,
-                 seconds: float, kill_every_s: float, stalls: int, stall_s: float) -> None:
+    def __init__(self, chaos: Chaos, schedule: Schedule) -> None:
         super().__init__(daemon=True)
-        self.cluster = cluster
-        self.broker = broker
-        self.ledger = ledger
-        self.seconds = seconds
-        self.kill_every_s = kill_every_s
-        self.stall_s = stall_s
-        self.stall_plan = [seconds * (n + 1) / (stalls + 1) for n in range(stalls)]
+        self.chaos = chaos
+        self.schedule = schedule
+        self.stall_plan = [schedule.seconds * (n + 1) / (schedule.stalls + 1)
+                           for n in range(schedule.stalls)]
         self.rng = random.Random(SEED)
         self.windows: list[Window] = []
         self.stopping = threading.Event()
@@ -322,62 +323,63 @@ class Faults(threading.Thread):
         started = time.time()
         kill_at = self._next_kill(0.0)
         not_before = 0.0
-        while not self.stopping.is_set():
-            self.cluster.restart_exited()
+        last_kill = self.schedule.seconds * (1 - KILL_FREE_TAIL)
+        while not self.stopping.is_set():  # set when the traffic ends
+            self.chaos.cluster.restart_exited()
             elapsed = time.time() - started
-            due = min(self.stall_plan[:1] + [kill_at])
-            if elapsed < max(due, not_before) or elapsed > self.seconds * (1 - FAULT_FREE_TAIL):
-                time.sleep(POLL_S)
-                continue
-            if self.stall_plan and self.stall_plan[0] <= elapsed:  # a due stall goes first
-                self.stall_plan.pop(0)
+            if not_before <= elapsed and self.stall_plan and self.stall_plan[0] <= elapsed:
+                self.stall_plan.pop(0)  # a due stall goes first
                 window = self._stall()
-            else:
+            elif not_before <= elapsed and kill_at <= elapsed <= last_kill:
                 window = self._kill(self.rng.randrange(WORKERS))
                 kill_at = self._next_kill(window.started_at - started)
+            else:
+                time.sleep(POLL_S)
+                continue
             self._settle(window)
             not_before = (window.ended_at or time.time()) - started + QUIET_S
 
     def _next_kill(self, after: float) -> float:
-        if not self.kill_every_s:
-            return float("inf")
-        return after + self.kill_every_s * self.rng.uniform(0.75, 1.25)
+        every = self.schedule.kill_every_s
+        return after + every * self.rng.uniform(0.75, 1.25) if every else float("inf")
 
     def _kill(self, slot: int) -> Window:
-        window = Window("kill", self.cluster.current[slot].name, time.time())
+        cluster = self.chaos.cluster
+        window = Window("kill", cluster.current[slot].name, time.time())
         self.windows.append(window)
-        self.cluster.kill(slot)
-        window.replacement = self.cluster.start(slot).name
+        cluster.kill(slot)
+        window.replacement = cluster.start(slot).name
         window.fault_ended_at = time.time()
         return window
 
     def _stall(self) -> Window:
         window = Window("stall", "broker", time.time())
         self.windows.append(window)
-        self.broker.pause()
+        self.chaos.broker.pause()
         try:
-            time.sleep(self.stall_s)  # the fault itself: a fixed length by definition
+            time.sleep(self.schedule.stall_s)  # the fault itself: a fixed length by definition
         finally:
-            self.broker.resume()
+            self.chaos.broker.resume()
         window.fault_ended_at = time.time()
         return window
 
     def _settle(self, window: Window) -> None:
         """Close the window: every worker ready, then the events published before that
         answered (back to waiting for readiness if a worker turns unready meanwhile)."""
+        cluster, ledger = self.chaos.cluster, self.chaos.ledger
         while True:
-            recovered = self.cluster.wait_ready(RECOVERY_TIMEOUT_S)
+            recovered = cluster.wait_ready(RECOVERY_TIMEOUT_S)
             if recovered is None:
                 window.ended_at = time.time()
                 window.note = f"not recovered within {RECOVERY_TIMEOUT_S:.0f} s"
                 return
             window.recovered_at = recovered
-            pending = self.ledger.unanswered()
+            pending = ledger.unanswered()
             while pending and time.time() < recovered + SETTLE_MAX_S:
-                if not self.cluster.ready():
+                if not cluster.ready():
                     break
                 time.sleep(POLL_S)
-                pending = [key for key in pending if not self.ledger.outcomes.get(key)]
+                pending = [key for key in pending if not ledger.outcomes.get(key)]
             else:
                 window.ended_at = time.time()
                 if pending:
@@ -386,25 +388,17 @@ class Faults(threading.Thread):
                 return
 
 
-class Chaos:
+class Chaos(Run):
     """One chaos run: :meth:`start` (collector and workers), optionally :meth:`probe`,
     :meth:`run` (traffic, faults, samples, then the drain) and :meth:`stop`."""
 
     def __init__(self, settings: Settings, traffic: Traffic, broker: EmbeddedBroker,
                  cluster: Cluster) -> None:
-        self.settings = settings
-        self.traffic = traffic
-        self.broker = broker
+        super().__init__(settings, traffic, broker, SAMPLE_EVERY_S)
         self.cluster = cluster
-        self.ledger = Ledger()
-        self.collector = Collector(settings, self.ledger)
         self.faults: Faults | None = None
-        self.samples: list[dict] = []
-        self.traffic_started = 0.0   # time.time() when the paced traffic began
         self.traffic_ended = 0.0
         self.ended = 0.0
-        self.achieved_rate = 0.0
-        self._latency_mark = 0
 
     def start(self) -> None:
         self.collector.start()
@@ -423,26 +417,24 @@ class Chaos:
               file=sys.stderr)
         return capacity
 
-    def run(self, rate: float, seconds: float, kill_every_s: float, stalls: int,
-            stall_s: float) -> None:
-        self.faults = Faults(self.cluster, self.broker, self.ledger, seconds, kill_every_s,
-                             stalls, stall_s)
-        self.traffic_started = time.time()
-        self._latency_mark = len(self.ledger.latencies)
+    def run(self, rate: float, schedule: Schedule) -> None:
+        self.faults = Faults(self, schedule)
+        self.series.start()  # the probe's latencies are not the traffic's
+        seconds = schedule.seconds
         with Progress(int(rate * seconds), f"chaos at {rate:.1f}/s", enabled=wanted()) as bar:
             publisher = PacedPublisher(self.settings, self.traffic, self.ledger, rate, seconds,
                                        bar)
             publisher.start()
             self.faults.start()
-            self._sample_while(lambda: publisher.is_alive() and self.faults.is_alive(),
-                               "traffic", bar)
+            self.series.sample_while(lambda: publisher.is_alive() and self.faults.is_alive(),
+                                     "traffic", bar)
             publisher.stopping.set()  # when the fault thread failed: raised below
             publisher.join()
         self.traffic_ended = time.time()
         self.achieved_rate = publisher.rate
         self.faults.stopping.set()
-        self._sample_while(self.faults.is_alive, "drain", None)  # the last window closes
-        self._sample_while(lambda: self.ledger.waiting(self.traffic_ended), "drain", None)
+        self.series.sample_while(self.faults.is_alive, "drain", None)  # the last window closes
+        self.series.sample_while(lambda: self.ledger.waiting(self.traffic_ended), "drain", None)
         for thread in (publisher, self.faults):
             if thread.error is not None:
                 raise thread.error
@@ -458,39 +450,24 @@ class Chaos:
         self.collector.stop()
         self.ended = time.time()
 
-    def _sample_while(self, going: Callable[[], bool], phase: str, bar: Progress | None) -> None:
-        def take() -> None:
-            sample = self._sample(phase)
-            self.samples.append(sample)
-            if bar is not None:
-                bar.label = (f"chaos: {sample['fault'] or 'no fault'}, "
-                             f"{sample['outstanding']} outstanding")
-            if not wanted() and len(self.samples) % _PER_MINUTE == 0:  # a line a minute in a log
-                log_line(sample)
-        sample_every(SAMPLE_EVERY_S, going, take)
-
-    def _sample(self, phase: str) -> dict:
-        now = time.time()
-        since = self.samples[-1]["at"] if self.samples else self.traffic_started
-        window = [seconds for _, seconds in self.ledger.latencies[self._latency_mark:]]
-        self._latency_mark += len(window)
+    def sample(self) -> dict:
+        """The chaos run's own fields of a sample: the open fault, each worker's lag and RSS,
+        the broker's RSS."""
         workers = []
         for life in list(self.cluster.current):
             metrics = worker_metrics(life.worker.settings.web_port)
             workers.append({"slot": life.slot, "name": life.name, "rss_mb": rss_mb(life.pid),
                             "consumer_lag": metrics.get("lag")})
+        now = time.time()
         open_windows = [w for w in (self.faults.windows if self.faults else []) if w.open_at(now)]
         lags = [w["consumer_lag"] for w in workers if w["consumer_lag"] is not None]
-        return {
-            "t_s": round(now - self.traffic_started, 1), "at": now, "phase": phase,
-            "fault": f"{open_windows[0].kind} {open_windows[0].target}" if open_windows else None,
-            "published": len(self.ledger.kinds), "verdicts": self.ledger.verdicts,
-            "dead_letters": self.ledger.dead_letters, "outstanding": self.ledger.outstanding,
-            "consumer_lag": sum(lags) if lags else None, "workers": workers,
-            "broker_rss_mb": rss_mb(self.broker.pid),
-            "verdicts_per_s": round(len(window) / max(now - since, 1e-9), 1),
-            "latency_ms": percentiles_ms(window) if window else None,
-        }
+        return {"fault": f"{open_windows[0].kind} {open_windows[0].target}" if open_windows
+                else None,
+                "consumer_lag": sum(lags) if lags else None, "workers": workers,
+                "broker_rss_mb": rss_mb(self.broker.pid)}
+
+    def bar_label(self, sample: dict) -> str:
+        return f"chaos: {sample['fault'] or 'no fault'}, {sample['outstanding']} outstanding"
 
 
 # -- judging the outcomes
@@ -597,17 +574,16 @@ def _answered_before(ledger: Ledger, keys: list[str], at: float) -> bool:
 
 # -- results
 
-def _results(chaos: Chaos, rate: float, minutes: float, capacity: dict | None,
-             faults: dict) -> dict:
+def _results(chaos: Chaos, rate: float, schedule: Schedule, capacity: dict | None) -> dict:
     ledger = chaos.ledger
     windows = chaos.faults.windows if chaos.faults else []
-    judged = judge(ledger, windows, chaos.traffic_started, chaos.ended)
+    judged = judge(ledger, windows, chaos.started, chaos.ended)
     by_window, outside, whole = judged.by_window, judged.outside, judged.whole
     samples = chaos.samples
     rows = []
     for window, bucket in zip(windows, by_window):
         inside = [s for s in samples if window.open_at(s["at"])]
-        rows.append({**_window_times(window, chaos.traffic_started), **bucket.summary(),
+        rows.append({**_window_times(window, chaos.started), **bucket.summary(),
                      "max_consumer_lag": _max_lag(inside),
                      **(_restart(chaos, window) if window.kind == "kill" else {})})
     quiet = [s for s in samples if not any(w.open_at(s["at"]) for w in windows)]
@@ -623,7 +599,8 @@ def _results(chaos: Chaos, rate: float, minutes: float, capacity: dict | None,
     return {
         "lost": whole.lost, "inconsistent": whole.inconsistent,
         "missed_copies": whole.missed_copies, "failed": failed,
-        "benchmark": "chaos", "minutes": minutes, "workers": WORKERS, "faults": faults,
+        "benchmark": "chaos", "minutes": round(schedule.seconds / 60, 2), "workers": WORKERS,
+        "faults": asdict(schedule),
         "capacity_probe": capacity, "capacity_share": CAPACITY_SHARE,
         "rate_per_s": {"target": round(rate, 1), "achieved": round(chaos.achieved_rate, 1)},
         "published": len(ledger.kinds), "verdicts": ledger.verdicts,
@@ -637,9 +614,9 @@ def _results(chaos: Chaos, rate: float, minutes: float, capacity: dict | None,
         "bomb_tenant": BOMB_TENANT,
         "verdict_mix": {kind: dict(labels) for kind, labels in ledger.verdict_mix.items()},
         "dead_letter_reasons": dict(ledger.reasons), "series": samples,
-        "lives": [{"name": life.name, "started_s": _rel(life.started_at, chaos.traffic_started),
-                   "ready_s": _rel(life.ready_at, chaos.traffic_started),
-                   "ended_s": _rel(life.ended_at, chaos.traffic_started),
+        "lives": [{"name": life.name, "started_s": _rel(life.started_at, chaos.started),
+                   "ready_s": _rel(life.ready_at, chaos.started),
+                   "ended_s": _rel(life.ended_at, chaos.started),
                    "exit_code": life.exit_code, "killed": life.killed}
                   for life in chaos.cluster.lives],
         "settings": {"batch_size": chaos.settings.batch_size, "shards": chaos.settings.shards,
@@ -685,7 +662,7 @@ def _max_lag(samples: list[dict]) -> float | None:
 
 def _rss_growth(chaos: Chaos) -> dict:
     """Each worker life's RSS growth over the last half of the traffic (see the docstring)."""
-    half = chaos.traffic_started + (chaos.traffic_ended - chaos.traffic_started) / 2
+    half = chaos.started + (chaos.traffic_ended - chaos.started) / 2
     ready = {life.name: life.ready_at for life in chaos.cluster.lives}
     points: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for sample in chaos.samples:
@@ -743,10 +720,8 @@ def _bucket_cells(bucket: dict) -> list[str]:
             _share(bucket["variants_matched"], bucket["variants_matchable"])]
 
 
-def _minute_table(samples: list[dict]) -> str:
+def _minute_table(per_minute: list[dict]) -> str:
     """The series, one row a minute (and the last sample): lag and each process's RSS."""
-    per_minute = samples[_PER_MINUTE - 1::_PER_MINUTE] + (
-        [samples[-1]] if len(samples) % _PER_MINUTE else [])
     rows = []
     for s in per_minute:
         rss = " / ".join(f"{w['rss_mb']:.0f}" if w["rss_mb"] else "-"
@@ -771,7 +746,8 @@ def _goals_table(results: dict) -> str:
                      else f"<= {goal}" if goal else "0", shown,
                      "met" if met else ("-" if value is None else "MISSED")])
     unexpected = results["unexpected_exits"]
-    rows.append(["worker exits", "as expected", json.dumps(unexpected) if unexpected else "as expected",
+    rows.append(["worker exits", "as expected",
+                 json.dumps(unexpected) if unexpected else "as expected",
                  "MISSED" if unexpected else "met"])
     return markdown_table(["goal", "target", "measured", ""], rows)
 

@@ -19,14 +19,14 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
 from dupwatch.bench.report import machine, percentiles_ms, write_results
 from dupwatch.bench.traffic import (
-    MIX, Collector, Ledger, PacedPublisher, Traffic, drain_rate, log_line, make_events,
-    publish_events, rss_mb, sample_every, sources, worker_metrics,
+    MIX, PacedPublisher, Run, Traffic, drain_rate, make_events,
+    publish_events, rss_mb, sources, worker_metrics,
 )
 from dupwatch.errors import UserError
 from dupwatch.settings import Settings
@@ -38,7 +38,6 @@ from dupwatch.streams.worker_process import WorkerProcess
 CAPACITY_SHARE = 0.7
 PROBE_EVENTS = 2000
 SAMPLE_EVERY_S = 5.0
-_PER_MINUTE = round(60 / SAMPLE_EVERY_S)
 
 
 def run_soak_bench(settings: Settings, minutes: float, rate: float | None,
@@ -58,7 +57,7 @@ def run_soak_bench(settings: Settings, minutes: float, rate: float | None,
         finally:
             exit_code = soak.stop()
     results = _results(soak, rate, minutes, warmup_minutes, capacity, exit_code)
-    print(_minute_table(soak.samples))
+    print(_minute_table(soak.series.per_minute()))
     write_results(out, results, _summary_rows(results))
     return 0 if results["summary"]["missing"] == 0 and exit_code == 0 else 1
 
@@ -78,7 +77,7 @@ def _broker(settings: Settings, own: bool) -> Iterator[tuple[Settings, EmbeddedB
         yield settings.replace(bootstrap_servers=broker.bootstrap_servers), broker
 
 
-class Soak:
+class Soak(Run):
     """One soak run: a collector reading verdicts and dead letters back into the ledger from the
     start, then (optionally) :meth:`probe` for capacity, :meth:`run` at a paced rate in events/s
     while sampling every SAMPLE_EVERY_S, and :meth:`stop`, which returns the worker's exit code.
@@ -86,17 +85,9 @@ class Soak:
     def __init__(self, settings: Settings, traffic: Traffic, broker: EmbeddedBroker | None,
                  worker: WorkerProcess) -> None:
         ensure_topics(settings)
-        self.settings = settings
-        self.traffic = traffic
-        self.broker = broker
+        super().__init__(settings, traffic, broker, SAMPLE_EVERY_S)
         self.worker = worker
-        self.ledger = Ledger()
-        self.collector = Collector(settings, self.ledger)
         self.collector.start()
-        self.samples: list[dict] = []
-        self.soak_started = 0.0     # time.time() when the paced phase began
-        self.achieved_rate = 0.0
-        self._latency_mark = 0      # latencies before this index are in earlier samples
 
     def probe(self) -> dict:
         """The worker's drain rate on PROBE_EVENTS of the mix, published before it starts."""
@@ -112,21 +103,21 @@ class Soak:
     def run(self, rate: float, seconds: float) -> None:
         if self.worker.process is None:
             self._start_worker()
-        self.soak_started = time.time()
-        self._latency_mark = len(self.ledger.latencies)  # the probe's are not the soak's
+        self.series.start()  # the probe's latencies are not the soak's
         total = int(rate * seconds)
         with Progress(total, f"soak at {rate:.0f}/s", enabled=wanted()) as bar:
             publisher = PacedPublisher(self.settings, self.traffic, self.ledger, rate, seconds, bar)
             publisher.start()
-            self._sample_while(lambda: publisher.is_alive() and self._worker_alive(), "soak", bar)
+            self.series.sample_while(lambda: publisher.is_alive() and self._worker_alive(),
+                                     "soak", bar)
             publisher.stopping.set()  # when the worker died: its exit code says so in the results
             publisher.join()
             if publisher.error is not None:
                 raise publisher.error
         self.achieved_rate = publisher.rate
         publishing_ended = time.time()
-        self._sample_while(lambda: self.ledger.waiting(publishing_ended) and self._worker_alive(),
-                           "drain", None)
+        self.series.sample_while(
+            lambda: self.ledger.waiting(publishing_ended) and self._worker_alive(), "drain", None)
 
     def stop(self) -> int | None:
         self.collector.stop()
@@ -139,41 +130,23 @@ class Soak:
     def _worker_alive(self) -> bool:
         return self.worker.process is not None and self.worker.process.poll() is None
 
-    def _sample_while(self, going: Callable[[], bool], phase: str, bar: Progress | None) -> None:
-        def take() -> None:
-            sample = self._sample(phase)
-            self.samples.append(sample)
-            if bar is not None:
-                bar.label = (f"soak: {sample['outstanding']} outstanding, worker "
-                             f"{sample['worker_rss_mb']:.0f} MB")
-            if not wanted() and len(self.samples) % _PER_MINUTE == 0:  # a line a minute in a log
-                log_line(sample)
-        sample_every(SAMPLE_EVERY_S, going, take)
-
-    def _sample(self, phase: str) -> dict:
-        now = time.time()
-        since = self.samples[-1]["at"] if self.samples else self.soak_started
-        window = [seconds for _, seconds in self.ledger.latencies[self._latency_mark:]]
-        self._latency_mark += len(window)
+    def sample(self) -> dict:
+        """The soak's own fields of a sample: the worker's lag, index size and RSS, the broker's."""
         metrics = worker_metrics(self.settings.web_port)
-        return {
-            "t_s": round(now - self.soak_started, 1), "at": now, "phase": phase,
-            "published": len(self.ledger.kinds), "verdicts": self.ledger.verdicts,
-            "dead_letters": self.ledger.dead_letters, "outstanding": self.ledger.outstanding,
-            "consumer_lag": metrics.get("lag"), "index_entries": metrics.get("entries"),
-            "worker_rss_mb": rss_mb(self.worker.process.pid if self.worker.process else None),
-            "broker_rss_mb": rss_mb(self.broker.pid if self.broker else None),
-            "verdicts_per_s": round(len(window) / max(now - since, 1e-9), 1),
-            "latency_ms": percentiles_ms(window) if window else None,
-        }
+        return {"consumer_lag": metrics.get("lag"), "index_entries": metrics.get("entries"),
+                "worker_rss_mb": rss_mb(self.worker.process.pid if self.worker.process else None),
+                "broker_rss_mb": rss_mb(self.broker.pid if self.broker else None)}
+
+    def bar_label(self, sample: dict) -> str:
+        return f"soak: {sample['outstanding']} outstanding, worker {sample['worker_rss_mb']:.0f} MB"
 
 
 def _results(soak: Soak, rate: float, minutes: float, warmup_minutes: float,
              capacity: dict | None, exit_code: int | None) -> dict:
     ledger, samples = soak.ledger, soak.samples
-    warm_at = soak.soak_started + min(warmup_minutes, minutes / 2) * 60
-    soak_end = soak.soak_started + minutes * 60
-    during = [s for at, s in ledger.latencies if soak.soak_started <= at <= soak_end]
+    warm_at = soak.started + min(warmup_minutes, minutes / 2) * 60
+    soak_end = soak.started + minutes * 60
+    during = [s for at, s in ledger.latencies if soak.started <= at <= soak_end]
     after_warmup = [s for at, s in ledger.latencies if warm_at <= at <= soak_end]
     steady = [s for s in samples if s["phase"] == "soak" and s["at"] >= warm_at]
     summary = {
@@ -221,12 +194,10 @@ def _growth(steady: list[dict]) -> dict:
     }}
 
 
-def _minute_table(samples: list[dict]) -> str:
+def _minute_table(per_minute: list[dict]) -> str:
     """The series as a markdown table, one row a minute (and the last sample)."""
     rows = ["| t | phase | published | received | outstanding | consumer lag | worker RSS MB "
             "| index entries | p99 ms |", "|---|---|---|---|---|---|---|---|---|"]
-    per_minute = samples[_PER_MINUTE - 1::_PER_MINUTE] + (
-        [samples[-1]] if len(samples) % _PER_MINUTE else [])
     for s in per_minute:
         received = s["verdicts"] + s["dead_letters"]
         p99 = s["latency_ms"]["p99"] if s["latency_ms"] else "-"

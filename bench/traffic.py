@@ -37,9 +37,11 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from dupwatch.bench.hostile import scan_bomb
+from dupwatch.bench.report import percentiles_ms
 from dupwatch.errors import UserError
 from dupwatch.imaging.files import image_files
 from dupwatch.imaging.samples import load_samples
+from dupwatch.messaging.broker import EmbeddedBroker
 from dupwatch.messaging.follow import Record
 from dupwatch.model import augment
 from dupwatch.reporting.progress import Progress, wanted
@@ -87,27 +89,32 @@ class Sent(NamedTuple):
     source: str | None = None
 
 
+@dataclass(frozen=True)
+class Senders:
+    """Who sends the mix: its tenants (each event's is a seeded choice among them), the prefix
+    of its image ids, and a tenant that sends a scan bomb every ``bomb_every_s`` (the first at
+    once; None: no bombs)."""
+    tenants: tuple[str, ...] = ("soak",)
+    prefix: str = "soak"
+    bomb_tenant: str | None = None
+    bomb_every_s: float = math.inf
+
+
 class Traffic:
-    """The event mix, one event per call of :meth:`next`, from a fixed seed. Image ids are
-    ``<prefix>-<n>``; with ``bomb_tenant``, that tenant sends a scan bomb every
-    ``bomb_every_s`` (the first one at once)."""
+    """The event mix, one event per call of :meth:`next`, from a fixed seed."""
 
     def __init__(self, photos: list[Image.Image], settings: Settings,
-                 tenants: tuple[str, ...] = ("soak",), prefix: str = "soak",
-                 bomb_tenant: str | None = None, bomb_every_s: float = math.inf,
-                 seed: int = SEED) -> None:
+                 senders: Senders = Senders(), seed: int = SEED) -> None:
         self.sources = photos
         self.settings = settings
-        self.tenants = tenants
-        self.prefix = prefix
-        self.bomb_tenant = bomb_tenant
-        self.bomb_every_s = bomb_every_s
+        self.senders = senders
         self.rng = random.Random(seed)
         self.count = 0
         # per tenant: recent fresh pictures and recent good events' bytes, with their keys
         self._fresh: dict[str, deque[tuple[str, Image.Image]]] = {
-            t: deque(maxlen=RECENT) for t in tenants}
-        self._good: dict[str, deque[tuple[str, bytes]]] = {t: deque(maxlen=RECENT) for t in tenants}
+            t: deque(maxlen=RECENT) for t in senders.tenants}
+        self._good: dict[str, deque[tuple[str, bytes]]] = {
+            t: deque(maxlen=RECENT) for t in senders.tenants}
         self._bad_turn = 0
         self._oversized_at = -math.inf
         self._bombed_at = -math.inf
@@ -115,10 +122,12 @@ class Traffic:
         self._scan_bomb_bytes: bytes | None = None
 
     def next(self) -> Sent:
-        if self.bomb_tenant and time.monotonic() - self._bombed_at >= self.bomb_every_s:
-            return self._scan_bomb()
+        senders = self.senders
+        if senders.bomb_tenant and time.monotonic() - self._bombed_at >= senders.bomb_every_s:
+            return self._scan_bomb(senders.bomb_tenant)
         kind = self.rng.choices(list(MIX), weights=list(MIX.values()))[0]
-        tenant = self.tenants[0] if len(self.tenants) == 1 else self.rng.choice(self.tenants)
+        tenants = senders.tenants
+        tenant = tenants[0] if len(tenants) == 1 else self.rng.choice(tenants)
         if kind in ("exact", "variant") and not self._fresh[tenant]:
             kind = "fresh"  # nothing to copy yet
         image_id = self._new_id()
@@ -136,11 +145,11 @@ class Traffic:
 
     def fresh_picture(self) -> bytes:
         """A new picture's JPEG bytes, as the mix's fresh events carry."""
-        return self._make("fresh", self.tenants[0], "")[1]
+        return self._make("fresh", self.senders.tenants[0], "")[1]
 
     def _new_id(self) -> str:
         self.count += 1
-        return f"{self.prefix}-{self.count - 1}"
+        return f"{self.senders.prefix}-{self.count - 1}"
 
     def _make(self, kind: str, tenant: str, key: str) -> tuple[str | None, bytes]:
         """(the key of the picture edited, or None for a fresh one; JPEG bytes)."""
@@ -191,13 +200,13 @@ class Traffic:
             self._pixel_bomb_bytes = buffer.getvalue()
         return self._pixel_bomb_bytes
 
-    def _scan_bomb(self) -> Sent:
-        """A scan bomb of the bomb tenant, its bytes made unique by a suffix decoders ignore."""
+    def _scan_bomb(self, tenant: str) -> Sent:
+        """A scan bomb of ``tenant``, its bytes made unique by a suffix decoders ignore."""
         self._bombed_at = time.monotonic()
         if self._scan_bomb_bytes is None:
             self._scan_bomb_bytes = scan_bomb()
         image_id = self._new_id()
-        event = ImageEvent(image_id=image_id, tenant=self.bomb_tenant or "",
+        event = ImageEvent(image_id=image_id, tenant=tenant,
                            data=self._scan_bomb_bytes + image_id.encode(), submitted_at=utc_now())
         return Sent("bomb", event.key, event.to_json())
 
@@ -339,6 +348,38 @@ class PacedPublisher(threading.Thread):
         return self.count / max(self.elapsed_s, 1e-9)
 
 
+class Run:
+    """What a long-running bench keeps: its settings, traffic and broker (None: a cluster of
+    the user's), the ledger and a collector that reads the outcomes into it (started by the
+    bench once the topics exist), and the series sampled every ``every_s`` with the bench's own
+    fields from :meth:`sample` (``started``: when the sampled phase began)."""
+
+    def __init__(self, settings: Settings, traffic: Traffic, broker: EmbeddedBroker | None,
+                 every_s: float) -> None:
+        self.settings = settings
+        self.traffic = traffic
+        self.broker = broker
+        self.ledger = Ledger()
+        self.collector = Collector(settings, self.ledger)
+        self.series = Sampler(self.ledger, every_s, self.sample, self.bar_label)
+        self.achieved_rate = 0.0
+
+    @property
+    def samples(self) -> list[dict]:
+        return self.series.samples
+
+    @property
+    def started(self) -> float:
+        return self.series.started
+
+    def sample(self) -> dict:
+        """The bench's own fields of a sample."""
+        return {}
+
+    def bar_label(self, sample: dict) -> str:
+        return f"{sample['outstanding']} outstanding"
+
+
 def make_events(traffic: Traffic, count: int, label: str) -> list[Sent]:
     with Progress(count, label, enabled=wanted()) as bar:
         events = []
@@ -375,19 +416,60 @@ def drain_rate(ledger: Ledger, since: float, total: int, alive: Callable[[], boo
     return {"events": total, "seconds": round(last - first, 2), "images_per_s": round(rate, 1)}
 
 
-def sample_every(seconds: float, going: Callable[[], bool], take: Callable[[], None]) -> None:
-    """Call ``take`` every ``seconds`` while ``going()``, looking at ``going`` twice a second."""
-    next_at = time.monotonic() + seconds
-    while going():
-        time.sleep(min(0.5, max(0.0, next_at - time.monotonic())))
-        if time.monotonic() >= next_at:
-            next_at += seconds
-            take()
+class Sampler:
+    """The series of a long-running bench: every ``every_s``, while a condition holds
+    (:meth:`sample_while`), a sample of what the ledger says (published, received,
+    outstanding, and the verdicts received since the sample before: their rate and latency)
+    with the bench's own fields from ``extra()`` and the time since :meth:`start`. Labels the
+    progress bar by ``label(sample)``; without a bar, a sample a minute goes to stderr as a
+    JSON line (for logs)."""
 
+    def __init__(self, ledger: Ledger, every_s: float, extra: Callable[[], dict],
+                 label: Callable[[dict], str]) -> None:
+        self.ledger = ledger
+        self.every_s = every_s
+        self.hooks = extra, label
+        self.samples: list[dict] = []
+        self.started = time.time()
+        self._latency_mark = 0  # latencies before this index are in earlier samples
 
-def log_line(sample: dict) -> None:
-    """A sample as a JSON line on stderr (for logs, when no progress bar is drawn)."""
-    print(json.dumps(sample), file=sys.stderr, flush=True)
+    def start(self) -> None:
+        """Times count from now; latencies from before (a probe's) are not sampled."""
+        self.started = time.time()
+        self._latency_mark = len(self.ledger.latencies)
+
+    def sample_while(self, going: Callable[[], bool], phase: str, bar: Progress | None) -> None:
+        next_at = time.monotonic() + self.every_s
+        while going():
+            time.sleep(min(0.5, max(0.0, next_at - time.monotonic())))
+            if time.monotonic() < next_at:
+                continue
+            next_at += self.every_s
+            sample = self._sample(phase)
+            self.samples.append(sample)
+            if bar is not None:
+                bar.label = self.hooks[1](sample)
+            if not wanted() and len(self.samples) % round(60 / self.every_s) == 0:
+                print(json.dumps(sample), file=sys.stderr, flush=True)
+
+    def per_minute(self) -> list[dict]:
+        """A sample a minute, and the last one."""
+        step = round(60 / self.every_s)
+        return self.samples[step - 1::step] + ([self.samples[-1]] if len(self.samples) % step
+                                               else [])
+
+    def _sample(self, phase: str) -> dict:
+        now = time.time()
+        since = self.samples[-1]["at"] if self.samples else self.started
+        window = [seconds for _, seconds in self.ledger.latencies[self._latency_mark:]]
+        self._latency_mark += len(window)
+        ledger = self.ledger
+        return {"t_s": round(now - self.started, 1), "at": now, "phase": phase,
+                "published": len(ledger.kinds), "verdicts": ledger.verdicts,
+                "dead_letters": ledger.dead_letters, "outstanding": ledger.outstanding,
+                **self.hooks[0](),
+                "verdicts_per_s": round(len(window) / max(now - since, 1e-9), 1),
+                "latency_ms": percentiles_ms(window) if window else None}
 
 
 def worker_metrics(port: int) -> dict[str, float]:
