@@ -56,8 +56,8 @@ in the last half at least RSS_WARMUP_S after it was ready to its last sample, wh
 at least RSS_MIN_SPAN_S apart (workers restart often, so a life is the unit a leak grows in);
 the largest growth counts. Exit status 1 when anything is lost, inconsistent or missed, a
 worker exited unexpectedly (on its own, or not 0 at the final SIGTERM) or a window never
-recovered; the workers' logs are then kept beside --out (FILE.logs/, or --logs DIR, which
-keeps them whatever happens).
+recovered; the workers' logs and every event with its outcomes (events.jsonl) are then kept
+beside --out (FILE.logs/, or --logs DIR, which keeps them whatever happens).
 """
 from __future__ import annotations
 
@@ -158,6 +158,7 @@ def run_chaos_bench(settings: Settings, schedule: Schedule, rate: float | None,
             kept = Path(logs or Path(out).with_suffix(".logs"))
             shutil.copytree(scratch, kept, dirs_exist_ok=True,
                             ignore=lambda _, names: [n for n in names if n.startswith("state-")])
+            _write_events(chaos.ledger, kept / "events.jsonl")
             results["logs"] = str(kept)
     print(_windows_table(results))
     print()
@@ -166,6 +167,17 @@ def run_chaos_bench(settings: Settings, schedule: Schedule, rate: float | None,
     print(_goals_table(results))
     write_results(out, results, _summary_rows(results))
     return 1 if results["failed"] else 0
+
+
+def _write_events(ledger: Ledger, path: Path) -> None:
+    """Every event published and every outcome it got, a JSON line each (the evidence)."""
+    with path.open("w") as out:
+        for key in ledger.order:
+            out.write(json.dumps({"key": key, "kind": ledger.kinds[key],
+                                  "published_at": ledger.published_at[key],
+                                  "copies": ledger.sources.get(key),
+                                  "outcomes": [o._asdict() for o in ledger.outcomes.get(key, [])]})
+                      + "\n")
 
 
 @dataclass
