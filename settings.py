@@ -26,7 +26,7 @@ KAFKA_CLIENTS = frozenset({"worker", "publish", "remove", "bank add", "verdicts"
                            "bench soak"})
 TOPIC_CREATORS = frozenset({"worker", "publish", "remove", "bank add"})  # create what they write to
 CASCADE_RUNNERS = frozenset({"worker", "scan", "demo", "bench throughput", "bench workers",
-                             "bench soak", "bench hostile", "bench lookup"})
+                             "bench soak", "bench chaos", "bench hostile", "bench lookup"})
 WORKER_RUNNERS = CASCADE_RUNNERS - {"scan"}   # run `dupwatch worker` processes, in-process or not
 ENCODER_USERS = CASCADE_RUNNERS | {"bench quality", "bench embedding", "model export"}
 VECTOR_INDEX_USERS = CASCADE_RUNNERS | {"bench index", "bench recovery"}

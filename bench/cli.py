@@ -2,8 +2,9 @@
 
 The benchmark modules are imported only by the handlers: they load FAISS, PyTorch, PIL and the
 Kafka clients (`bench index` alone takes seconds), which `dupwatch --help` must not wait for.
-Options the benchmarks share come from one helper each: --out (every one's: bench-NAME.json)
-and the N,N lists of counts and sizes (a bad one is an argparse error, before anything starts)."""
+Options the benchmarks share come from one helper each: --out (every one's: bench-NAME.json),
+the N,N lists of counts and sizes (a bad one is an argparse error, before anything starts) and
+the traffic of the benches that publish a mix for minutes (--minutes, --rate, --images)."""
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,7 @@ def register(commands: Commands) -> None:
                              metavar="BENCHMARK")
     for add in (_throughput_command, _workers_command, _recovery_command, _quality_command,
                 _embedding_command, _index_command, _features_command, _soak_command,
-                _lookup_command, _hostile_command):
+                _chaos_command, _lookup_command, _hostile_command):
         add(benches)
 
 
@@ -53,6 +54,17 @@ def _numbers(text: str) -> list[int]:
 
 def _add_numbers(parser: argparse.ArgumentParser, flag: str, default: str, help: str) -> None:
     parser.add_argument(flag, type=_numbers, default=default, metavar="N,N", help=help)
+
+
+def _add_traffic(parser: argparse.ArgumentParser, minutes: float, rate_help: str) -> None:
+    """The options of the benches that publish `bench soak`'s mix for minutes."""
+    parser.add_argument("--minutes", type=float, default=minutes, metavar="N",
+                        help="how long to publish (then it waits for the last verdicts and "
+                             "dead letters)")
+    parser.add_argument("--rate", type=float, default=None, metavar="R", help=rate_help)
+    parser.add_argument("--images", default=None, metavar="DIR",
+                        help="photos to cut new pictures from (default: the bundled originals "
+                             "and unrelated photos)")
 
 
 def _throughput_command(benches: Commands) -> None:
@@ -259,17 +271,12 @@ def _soak_command(benches: Commands) -> None:
                        "p50/p99 latency and RSS growth after --warmup-minutes. Uses an embedded "
                        "broker unless --bootstrap-servers is given on the command line. Exit "
                        "status 1 when an event got no verdict or dead letter.")
-    soak.add_argument("--minutes", type=float, default=30.0, metavar="N",
-                      help="how long to publish (then it waits for the last verdicts)")
-    soak.add_argument("--rate", type=float, default=None, metavar="R",
-                      help="events/s to publish; default: 70%% of this mix's capacity, measured "
-                           "first by letting the worker drain 2000 events of it (most need the "
-                           "embedding, so it is well below `bench throughput`'s figures)")
+    _add_traffic(soak, 30.0, "events/s to publish; default: 70%% of this mix's capacity, "
+                             "measured first by letting the worker drain 2000 events of it (most "
+                             "need the embedding, so it is well below `bench throughput`'s "
+                             "figures)")
     soak.add_argument("--warmup-minutes", type=float, default=2.0, metavar="N",
                       help="first minutes not counted in RSS growth (at most half the run)")
-    soak.add_argument("--images", default=None, metavar="DIR",
-                      help="photos to cut new pictures from (default: the bundled originals "
-                           "and unrelated photos)")
     _add_out(soak, "soak", "the JSON results (summary and time series)")
 
 
@@ -283,6 +290,48 @@ def _soak(settings: Settings, args: argparse.Namespace) -> int:
         require_broker(settings)
     return run_soak_bench(settings, args.minutes, args.rate, args.warmup_minutes, args.images,
                           own_broker=own_broker, out=args.out)
+
+
+def _chaos_command(benches: Commands) -> None:
+    chaos = benches.add("chaos", _chaos,
+                        "Three workers under traffic while workers are killed and the broker "
+                        "frozen: lost, inconsistent and missed events, latency, lag, memory.",
+                        "Starts an embedded broker and three worker processes sharing a sharded "
+                        "index (each with its own state folder), measures their capacity on "
+                        "`bench soak`'s mix, then publishes that mix at half of it for "
+                        "--minutes, over two tenants, with a third sending scan bombs. "
+                        "Meanwhile, one fault at a time: a random worker is killed (SIGKILL) "
+                        "every --kill-every seconds and started again at once, and the broker "
+                        "is frozen (SIGSTOP, then SIGCONT) --stalls times for --stall-seconds. "
+                        "A fault's window lasts until every worker is ready again and the "
+                        "events published until then are answered. Reports, per window and "
+                        "outside the windows: events lost (no verdict or dead letter), "
+                        "re-delivered events answered differently, exact copies that missed an "
+                        "original already answered, p99 latency, consumer lag; and each "
+                        "process's RSS over time. Exit status 1 when anything was lost, "
+                        "inconsistent or missed, or a worker exited unexpectedly (its logs are "
+                        "then kept in FILE.logs/). Definitions: the module's docstring "
+                        "(bench/chaos.py); results: docs/benchmarks.md.")
+    _add_traffic(chaos, 10.0, "events/s to publish, skipping the capacity probe; default: "
+                              "half the three workers' capacity, measured first by letting them "
+                              "drain 2000 events of the mix")
+    chaos.add_argument("--kill-every", type=float, default=45.0, metavar="S",
+                       help="seconds between worker kills, +-25%% (seeded); 0: no kills")
+    chaos.add_argument("--stalls", type=int, default=2, metavar="N",
+                       help="broker freezes, spread evenly over the run")
+    chaos.add_argument("--stall-seconds", type=float, default=15.0, metavar="S",
+                       help="how long each broker freeze lasts")
+    chaos.add_argument("--logs", default=None, metavar="DIR",
+                       help="keep every worker's log in DIR (default: kept in FILE.logs/ only "
+                            "when the run fails)")
+    _add_out(chaos, "chaos", "the JSON results (lost, inconsistent, missed_copies, windows, "
+                             "series)")
+
+
+def _chaos(settings: Settings, args: argparse.Namespace) -> int:
+    from dupwatch.bench.chaos import Schedule, run_chaos_bench
+    schedule = Schedule(args.minutes * 60, args.kill_every, args.stalls, args.stall_seconds)
+    return run_chaos_bench(settings, schedule, args.rate, args.images, args.out, args.logs)
 
 
 def _lookup_command(benches: Commands) -> None:

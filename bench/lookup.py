@@ -30,7 +30,9 @@ import aiohttp
 from PIL import Image
 
 from dupwatch.bench.report import machine, markdown_table, percentiles_ms, write_results
-from dupwatch.bench.soak import Ledger, Traffic, _Collector, _PacedPublisher, _sources
+from dupwatch.bench.traffic import (
+    Collector, Ledger, PacedPublisher, Traffic, make_events, publish_events, sources,
+)
 from dupwatch.errors import UserError
 from dupwatch.schemas import ImageEvent, utc_now
 from dupwatch.settings import Settings
@@ -60,7 +62,7 @@ def run_lookup_bench(settings: Settings, concurrencies: list[int], seconds: floa
             web_port=free_port(), rebalance_timeout_s=6.0, session_timeout_s=6.0,
             api_tokens=[token], lookup_queue=2 * max(concurrencies + [BESIDE_CONCURRENCY]))
         ensure_topics(settings)
-        traffic = Traffic(_sources(None), settings)
+        traffic = Traffic(sources(None), settings, tenants=(TENANT,))
         indexed = [traffic.fresh_picture() for _ in range(INDEXED)]
         queries = {"hash": [_reencoded(picture) for picture in indexed],
                    "embedding": [traffic.fresh_picture() for _ in range(EMBEDDING_QUERIES)]}
@@ -149,7 +151,7 @@ class _Bench:
 def _beside_stream(settings: Settings, traffic: Traffic, bench: _Bench,
                    queries: dict[str, list[bytes]], seconds: float) -> dict[str, Any]:
     ledger = Ledger()
-    collector = _Collector(settings, ledger)
+    collector = Collector(settings, ledger)
     collector.start()
     try:
         capacity = _capacity(settings, traffic, ledger)
@@ -163,18 +165,13 @@ def _beside_stream(settings: Settings, traffic: Traffic, bench: _Bench,
             results[kind] = {"lookups": lookups, "stream": stream.result}
         return results
     finally:
-        collector.stopping.set()
+        collector.stop()
 
 
 def _capacity(settings: Settings, traffic: Traffic, ledger: Ledger) -> float:
     """Events/s the worker answers while draining STREAM_PROBE events of the mix."""
-    publisher = kafka_publisher(settings)
     before = ledger.answered
-    for _ in range(STREAM_PROBE):
-        kind, key, value = traffic.next()
-        ledger.published(kind, key)
-        publisher.publish_raw(value, key=key)
-    publisher.close()
+    publish_events(settings, ledger, make_events(traffic, STREAM_PROBE, "probe: making events"))
     deadline = time.time() + 600
     while ledger.answered == before and time.time() < deadline:
         time.sleep(0.01)
@@ -192,7 +189,7 @@ class _Stream:
     def __init__(self, settings: Settings, traffic: Traffic, ledger: Ledger, rate: float,
                  seconds: float) -> None:
         self.ledger = ledger
-        self.publisher = _PacedPublisher(settings, traffic, ledger, rate, seconds,
+        self.publisher = PacedPublisher(settings, traffic, ledger, rate, seconds,
                                          Progress(0, "stream", enabled=False))
         self.result: dict[str, Any] = {}
 

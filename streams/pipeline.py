@@ -7,13 +7,17 @@ being prepared. An event waiting longer on its source or its decode stays behind
 events of its own tenant, while other tenants' events go ahead; they join a later batch when
 ready (each fetch ends within fetch_timeout_s, pipeline/fetch_pool.py; each decode within
 decode_timeout_ms, imaging/decode_pool.py). Each event is acknowledged
-once its outcome is on the broker; Faust commits a partition's offset only up to its first
-unacknowledged event, so delivery stays at-least-once whatever order events finish in.
+once its outcome is on the broker and every event read before it from its partition has been
+acknowledged: events finish in any order, but Faust must never see a later event acknowledged
+before an earlier one, since it may commit past the earlier one (faust-streaming 0.15.3 does
+when the partition has no committed offset yet, or when the earlier one is the only event
+missing), and a crash then loses it. So delivery stays at-least-once.
 """
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import defaultdict, deque
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from types import TracebackType
@@ -41,6 +45,10 @@ class _Entry:
     event: EventT
     item: Pending
     taken_at: float  # time.monotonic() when taken in
+    delivered: bool = False  # its outcome is on the broker
+
+
+Partition = tuple[str | None, int | None]
 
 Deliver = Callable[[list[InputRecord], list[Verdict | DeadLetter]], Awaitable[None]]
 
@@ -57,6 +65,8 @@ class Pipeline:
         self._deliver = deliver
         self._ack = ack
         self._waiting: list[_Entry] = []
+        # each partition's events not yet acknowledged, in the order they were read
+        self._unacked: dict[Partition, deque[_Entry]] = defaultdict(deque)
         self._changed = asyncio.Event()  # an event came in, or a fetch or a decode ended
         self._room = asyncio.Event()     # events finished
         self._checking: asyncio.Task | None = None
@@ -83,7 +93,9 @@ class Pipeline:
         pending = await loop.run_in_executor(None, self.processor.intake, records)
         taken_at = time.monotonic()
         for event, item in zip(events, pending, strict=True):
-            self._waiting.append(_Entry(event, item, taken_at))
+            entry = _Entry(event, item, taken_at)
+            self._waiting.append(entry)
+            self._unacked[_partition(item)].append(entry)
             for step in (item.fetch, item.preparing):  # a fetch ending frees the window too
                 if step is not None:
                     step.add_done_callback(lambda _: loop.call_soon_threadsafe(self._changed.set))
@@ -152,7 +164,15 @@ class Pipeline:
                                               [entry.item for entry in batch])
         await self._deliver([entry.item.record for entry in batch], outcomes)
         for entry in batch:
-            await self._ack(entry.event)
+            entry.delivered = True
+        for partition in {_partition(entry.item) for entry in batch}:
+            unacked = self._unacked[partition]
+            while unacked and unacked[0].delivered:  # in the order read: see the docstring
+                await self._ack(unacked.popleft().event)
+
+
+def _partition(item: Pending) -> Partition:
+    return item.record.topic, item.record.partition
 
 
 def record_of(event: EventT) -> InputRecord:

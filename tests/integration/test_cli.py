@@ -19,7 +19,8 @@ from dupwatch.settings import Settings
 from dupwatch.locations import samples_dir
 
 COMMANDS = [[], ["demo"], ["broker"], ["worker"], ["publish"], ["verdicts"], ["scan"], ["bench"],
-            ["bench", "throughput"], ["bench", "soak"], ["bench", "embedding"], ["model", "export"]]
+            ["bench", "throughput"], ["bench", "soak"], ["bench", "chaos"], ["bench", "embedding"],
+            ["model", "export"]]
 
 
 def dupwatch(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
