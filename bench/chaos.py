@@ -48,7 +48,8 @@ Counted over the whole run (and per window and outside):
 Also per window and outside: re-deliveries, p50/p99 latency (submitted_at to the first
 verdict's arrival, paced traffic only) and the highest consumer lag sampled. Every
 SAMPLE_EVERY_S the series records each worker's consumer lag (its /metrics,
-``dupwatch_consumer_lag``) and RSS, and the broker's RSS.
+``dupwatch_consumer_lag``) and RSS, and the broker's RSS; every OFFSETS_EVERY_S,
+``input_offsets`` records the group's committed offset and the end of each input partition.
 
 Goals (GOALS): nothing lost, inconsistent or missed; p99 outside windows <= 2 s; worker RSS
 growth <= 10 % over the last half of the traffic: for each worker life, from its first sample
@@ -76,6 +77,8 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
 from dupwatch.bench.report import machine, markdown_table, percentiles_ms, write_results
 from dupwatch.bench.traffic import (
     MIX, Ledger, PacedPublisher, Run, Senders, Traffic, drain_rate, make_events,
@@ -83,10 +86,11 @@ from dupwatch.bench.traffic import (
 )
 from dupwatch.errors import UserError
 from dupwatch.messaging.broker import EmbeddedBroker, free_port
+from dupwatch.messaging.kafka import confluent_config
 from dupwatch.reporting.progress import Progress, wanted
 from dupwatch.settings import Settings
 from dupwatch.streams.worker_process import WorkerProcess
-from dupwatch.wiring.kafka import ensure_topics
+from dupwatch.wiring.kafka import ensure_topics, kafka_options
 
 WORKERS = 3
 CAPACITY_SHARE = 0.5
@@ -102,6 +106,7 @@ RECOVERY_TIMEOUT_S = 180.0
 SETTLE_MAX_S = 120.0
 START_TIMEOUT_S = 300.0       # three workers starting at once on a small machine
 SAMPLE_EVERY_S = 5.0
+OFFSETS_EVERY_S = 1.0
 POLL_S = 0.25
 RSS_WARMUP_S = 30.0
 RSS_MIN_SPAN_S = 60.0
@@ -400,6 +405,33 @@ class Faults(threading.Thread):
                 return
 
 
+class OffsetsWatch(threading.Thread):
+    """Every OFFSETS_EVERY_S, the workers' group's committed offset and the end offset of each
+    input partition, as the broker reports them (``points``: time.time(), committed, ends): a
+    partition whose events went missing shows where its consumers started again."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(daemon=True)
+        self.consumer = Consumer(confluent_config(kafka_options(settings), **{
+            "group.id": settings.group_id, "enable.auto.commit": False}))  # never joins
+        self.partitions = [TopicPartition(settings.input_topic, n)
+                           for n in range(settings.partitions)]
+        self.points: list[tuple[float, list[int], list[int]]] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(OFFSETS_EVERY_S):
+            try:
+                committed = [tp.offset for tp in self.consumer.committed(self.partitions,
+                                                                           timeout=2)]
+                ends = [self.consumer.get_watermark_offsets(tp, timeout=2, cached=False)[1]
+                        for tp in self.partitions]
+            except KafkaException:  # the broker frozen: a gap in the series
+                continue
+            self.points.append((time.time(), committed, ends))
+        self.consumer.close()
+
+
 class Chaos(Run):
     """One chaos run: :meth:`start` (collector and workers), optionally :meth:`probe`,
     :meth:`run` (traffic, faults, samples, then the drain) and :meth:`stop`."""
@@ -408,12 +440,14 @@ class Chaos(Run):
                  cluster: Cluster) -> None:
         super().__init__(settings, traffic, broker, SAMPLE_EVERY_S)
         self.cluster = cluster
+        self.offsets = OffsetsWatch(settings)
         self.faults: Faults | None = None
         self.traffic_ended = 0.0
         self.ended = 0.0
 
     def start(self) -> None:
         self.collector.start()
+        self.offsets.start()
         print(f"starting {WORKERS} workers", file=sys.stderr)
         self.cluster.start_all()
 
@@ -460,6 +494,8 @@ class Chaos(Run):
         while time.time() < min(deadline, (self.ledger.last_received_at or 0) + 2):
             time.sleep(0.2)
         self.collector.stop()
+        self.offsets.stopping.set()
+        self.offsets.join(timeout=10)
         self.ended = time.time()
 
     def sample(self) -> dict:
@@ -626,6 +662,8 @@ def _results(chaos: Chaos, rate: float, schedule: Schedule, capacity: dict | Non
         "bomb_tenant": BOMB_TENANT,
         "verdict_mix": {kind: dict(labels) for kind, labels in ledger.verdict_mix.items()},
         "dead_letter_reasons": dict(ledger.reasons), "series": samples,
+        "input_offsets": [{"t_s": _rel(at, chaos.started), "committed": committed, "end": ends}
+                          for at, committed, ends in chaos.offsets.points],
         "lives": [{"name": life.name, "started_s": _rel(life.started_at, chaos.started),
                    "ready_s": _rel(life.ready_at, chaos.started),
                    "ended_s": _rel(life.ended_at, chaos.started),
