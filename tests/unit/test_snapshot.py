@@ -31,6 +31,12 @@ def indexed(samples) -> Cascade:
     return cascade
 
 
+def _full_disk(folder: Path) -> None:
+    """A snapshot's files half written when the disk fills up."""
+    (folder / "half").write_bytes(b"x" * 100)
+    raise OSError(28, "No space left on device")
+
+
 def _files(snapshot: Path) -> list[Path]:
     return sorted(p for p in snapshot.rglob("*") if p.is_file() and p.name != MANIFEST)
 
@@ -88,12 +94,8 @@ def test_a_failed_write_keeps_the_previous_snapshot(indexed: Cascade, tmp_path: 
     assert isinstance(store, LocalStore)
     store.save(tmp_path / "snap", {"n": 1})
 
-    def full_disk(folder: Path) -> None:
-        (folder / "half").write_bytes(b"x" * 100)
-        raise OSError(28, "No space left on device")
-
     with pytest.raises(OSError):
-        write_snapshot(tmp_path / "snap", full_disk, {"n": 2})
+        write_snapshot(tmp_path / "snap", _full_disk, {"n": 2})
     assert read_snapshot(tmp_path / "snap") == {"n": 1}
     assert not (tmp_path / "snap.partial").exists()
 
@@ -131,11 +133,7 @@ def test_a_failed_background_snapshot_says_why_and_keeps_the_previous(
     assert isinstance(store, LocalStore)
     store.save(tmp_path / "snap", {"n": 1})
 
-    def full_disk(folder: Path) -> None:
-        (folder / "half").write_bytes(b"x" * 100)
-        raise OSError(28, "No space left on device")
-
-    snapshot = BackgroundSnapshot(tmp_path / "snap", full_disk, {"n": 2})
+    snapshot = BackgroundSnapshot(tmp_path / "snap", _full_disk, {"n": 2})
     assert snapshot.poll(wait=True) is False
     assert "No space left on device" in snapshot.error
     assert read_snapshot(tmp_path / "snap") == {"n": 1}
