@@ -28,6 +28,7 @@ changelog alone. Results go to --out (JSON) and stdout (a table).
 """
 from __future__ import annotations
 
+import os
 import random
 import resource
 import sys
@@ -41,6 +42,7 @@ import numpy as np
 from confluent_kafka import Producer
 
 from dupwatch.bench.report import machine, percentiles_ms, write_results
+from dupwatch.bench.traffic import rss_mb
 from dupwatch.detectors import Cascade
 from dupwatch.imaging.samples import load_samples
 from dupwatch.index import Entry, LocalStore, Lookup
@@ -168,7 +170,7 @@ def _measure(new_store: Callable[[], LocalStore], templates: list[Entry], size: 
     reference_per_s = _one_at_a_time_from_json(new_store(), templates, min(size, REFERENCE_RECORDS))
     store = new_store()
     replay_s = _replay(store, _records(templates, 0, size), size, "replay")
-    rss_after_replay = _rss_mb()
+    rss_after_replay = rss_mb(os.getpid())
     with tempfile.TemporaryDirectory() as scratch:
         snapshot = Path(scratch) / "shard"
         background = _snapshot_while_looking_up(store, templates, size, snapshot)
@@ -283,12 +285,6 @@ def _lookups(templates: list[Entry], size: int) -> list[Lookup]:
 
 def _latency(seconds: list[float]) -> dict:
     return {**percentiles_ms(seconds), "max": round(max(seconds) * 1000, 1)}
-
-
-def _rss_mb() -> float:
-    status = Path("/proc/self/status").read_text()
-    kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
-    return round(kb / 1024, 1)
 
 
 def _private_mb(pid: int) -> float:

@@ -130,6 +130,11 @@ class _Snapshotted:
     offset: int = 0
     saved_at: float = 0.0
 
+    @property
+    def meta(self) -> dict:
+        """As the snapshot's manifest keeps it (read back by ShardServer._recover)."""
+        return {"next_offset": self.offset, "saved_at": self.saved_at}
+
 
 class ShardServer:
     """Hosts the shards Kafka assigns to this worker and answers their lookups (own thread)."""
@@ -446,17 +451,15 @@ class ShardServer:
             shard = self._shards.get(self._due.pop(0))
             target = self._snapshot_dir(shard.number) if shard is not None else None
             if shard is not None and target is not None and shard.ready and shard.snapshot_due():
-                meta = {"next_offset": shard.next_offset, "saved_at": time.time()}
-                covers = _Snapshotted(meta["next_offset"], meta["saved_at"])
+                covers = _Snapshotted(shard.next_offset, time.time())
                 self._writing = _Writing(shard.number, covers,
-                                         shard.store.save_in_background(target, meta))
+                                         shard.store.save_in_background(target, covers.meta))
 
     def _snapshot_ended(self, writing: "_Writing", written: bool) -> None:
         self._writing = None
         shard = self._shards.get(writing.shard) or self._kept_from_revoke.get(writing.shard)
         if written and shard is not None:
-            shard.snapshot = writing.covers
-            self.snapshotted_at[writing.shard] = writing.covers.saved_at
+            self._snapshotted(shard, writing.covers)
             log.info("shard %d snapshotted in %.1f s", writing.shard,
                      time.monotonic() - writing.snapshot.started)
         elif not written:  # the changelog still holds everything: log it, go on serving
@@ -482,14 +485,17 @@ class ShardServer:
         target = self._snapshot_dir(shard.number)
         if target is None or not shard.ready or not shard.worth_a_snapshot_now():
             return
-        meta = {"next_offset": shard.next_offset, "saved_at": time.time()}
+        covers = _Snapshotted(shard.next_offset, time.time())
         try:
-            shard.store.save(target, meta)
+            shard.store.save(target, covers.meta)
         except OSError as exc:  # the changelog still holds everything: log it, go on serving
             log.error("could not snapshot shard %d into %s: %s", shard.number, target, exc)
             return
-        shard.snapshot = _Snapshotted(meta["next_offset"], meta["saved_at"])
-        self.snapshotted_at[shard.number] = shard.snapshot.saved_at
+        self._snapshotted(shard, covers)
+
+    def _snapshotted(self, shard: _Shard, covers: _Snapshotted) -> None:
+        shard.snapshot = covers
+        self.snapshotted_at[shard.number] = covers.saved_at
 
 
 @dataclass(frozen=True)
