@@ -16,7 +16,8 @@ The run
   worker gets SIGKILL and is started again at once (named ``chaos-<slot>.<life>``, same
   state_dir); --stalls times, at equal fractions of the run, the broker gets SIGSTOP for
   --stall-seconds, then SIGCONT. A fault waits until the previous fault's window has closed
-  and QUIET_S more, so windows never overlap (a stall that is due goes before a kill that is).
+  and QUIET_S more, so windows never overlap (a stall that is due goes before a kill that is,
+  and no kill starts within --kill-every before a planned stall: see next_fault).
   Faults start only while the traffic runs, and no kill in its last KILL_FREE_TAIL (its
   replacement should meet traffic). A worker that exits on its own is started again too, and
   the run fails.
@@ -315,6 +316,22 @@ class Window:
         return self.started_at <= at and (self.ended_at is None or at <= self.ended_at)
 
 
+def next_fault(elapsed: float, not_before: float, kill_at: float, last_kill: float,
+               stall_plan: list[float], kill_every_s: float) -> str | None:
+    """Which fault starts now ("stall", "kill"), if any (times in seconds from the start). A due
+    stall goes first, and no kill starts within ``kill_every_s`` before the next planned stall:
+    that kill's window would push the stall back, past the traffic's end if it ran long (a
+    one-minute run under load lost its planned stall so)."""
+    if elapsed < not_before:
+        return None
+    if stall_plan and stall_plan[0] <= elapsed:
+        return "stall"
+    stall_coming = bool(stall_plan) and stall_plan[0] - elapsed < kill_every_s
+    if kill_at <= elapsed <= last_kill and not stall_coming:
+        return "kill"
+    return None
+
+
 class Faults(threading.Thread):
     """Carries out the fault schedule while the traffic runs, one window at a time, until
     :attr:`stopping` is set (it finishes the window under way)."""
@@ -344,10 +361,12 @@ class Faults(threading.Thread):
         while not self.stopping.is_set():  # set when the traffic ends
             self.chaos.cluster.restart_exited()
             elapsed = time.time() - started
-            if not_before <= elapsed and self.stall_plan and self.stall_plan[0] <= elapsed:
-                self.stall_plan.pop(0)  # a due stall goes first
+            fault = next_fault(elapsed, not_before, kill_at, last_kill, self.stall_plan,
+                               self.schedule.kill_every_s)
+            if fault == "stall":
+                self.stall_plan.pop(0)
                 window = self._stall()
-            elif not_before <= elapsed and kill_at <= elapsed <= last_kill:
+            elif fault == "kill":
                 window = self._kill(self.rng.randrange(WORKERS))
                 kill_at = self._next_kill(window.started_at - started)
             else:

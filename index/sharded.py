@@ -52,6 +52,9 @@ from dupwatch.messaging.kafka import (
 log = logging.getLogger(__name__)
 
 SIZES_EVERY_S = 5.0
+# Longest wait of one pass of the shard thread for lookups (or, while a shard rebuilds, for its
+# changelog): short, since each pass also applies what the changelog brought meanwhile.
+PASS_WAIT_S = 0.005
 QUICK_SNAPSHOT_IMAGES = 10_000  # a shard this small is written in about a second
 # Kafka may drop a tombstone delete.retention.ms after compaction: a snapshot older than that
 # could miss a takedown, so such snapshots are not used (the changelog alone rebuilds the shard).
@@ -204,10 +207,15 @@ class ShardServer:
         set_search_threads(self.options.search_threads)
         try:
             while not self._may_leave():
+                # While a shard rebuilds, the pass waits on the changelog (outside the lock, so
+                # lookups answered in-process go on), not on lookups it does not answer yet.
+                rebuilding = any(not shard.answering for shard in self._shards.values())
+                fetched = _drain(self._changelog, PASS_WAIT_S if rebuilding else 0.0, 1024)
                 with self._applied:
-                    self._apply_changelog(timeout_s=0.0)
+                    self._apply_changelog(fetched)
                     self._applied.notify_all()
-                requests = [m for m in _drain(self._lookups, 0.005, 256) if not m.error()]
+                requests = [m for m in _drain(self._lookups, 0.0 if rebuilding else PASS_WAIT_S,
+                                              256) if not m.error()]
                 with self._applied:
                     if requests:
                         self._answer(requests)
@@ -361,9 +369,9 @@ class ShardServer:
 
     # -- the changelog: the shards' only writer
 
-    def _apply_changelog(self, timeout_s: float) -> None:
+    def _apply_changelog(self, messages: list[Message]) -> None:
         fetched: dict[int, list[Message]] = {}
-        for message in _drain(self._changelog, timeout_s, 1024):
+        for message in messages:
             if message.error():
                 if message.error().code() != KafkaError._PARTITION_EOF:
                     log.warning("changelog read error: %s", message.error())
@@ -404,7 +412,7 @@ class ShardServer:
                                         end[1] if end and end[1] >= 0 else 0)
         while any(n in self._shards and self._shards[n].next_offset < target
                   for n, target in targets.items()):
-            self._apply_changelog(timeout_s=0.05)
+            self._apply_changelog(_drain(self._changelog, 0.05, 1024))
 
     # -- lookups
 

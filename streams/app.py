@@ -28,6 +28,7 @@ from dupwatch.streams.health import PartitionProgress, readiness
 from dupwatch.messaging.kafka import KafkaOptions, faust_credentials, max_message_bytes
 from dupwatch.streams.lookup_api import ApiError, LookupRequest, LookupService, Tokens, openapi
 from dupwatch.streams.pipeline import Pipeline, record_of
+from dupwatch.streams.transport import App
 from dupwatch.pipeline.processor import InputRecord, Processor
 from dupwatch.index.sharded import ShardServer
 from dupwatch.streams.worker_log import log_rebalances
@@ -44,7 +45,7 @@ def create_app(settings: Settings, kafka: KafkaOptions, processor: Processor,
                tokens: Tokens | None = None) -> faust.App:
     """datadir: where Faust makes its (empty: tables live in memory) data folders; its default,
     '<group id>-data' under the working directory, left one behind wherever a worker ran."""
-    app = faust.App(
+    app = App(
         settings.group_id,
         datadir=datadir,
         broker=[f"kafka://{server}" for server in settings.bootstrap_list],

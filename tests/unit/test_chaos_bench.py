@@ -7,7 +7,7 @@ import base64
 import json
 from datetime import datetime, timezone
 
-from dupwatch.bench.chaos import Window, judge
+from dupwatch.bench.chaos import Window, judge, next_fault
 from dupwatch.bench.traffic import Ledger, Sent
 from dupwatch.messaging.follow import Record
 
@@ -102,3 +102,18 @@ def test_latency_is_the_first_verdicts_and_the_probe_has_none() -> None:
     judged = judge(ledger, [], T0 + 35, T0 + 60)
     assert [round(s, 1) for s in judged.whole.latencies] == [0.8]
     assert json.dumps(judged.whole.summary())  # the results are JSON
+
+
+def test_a_kill_never_pushes_a_planned_stall_out_of_the_run() -> None:
+    """The one-minute test's schedule (a kill every ~6 s, a stall planned at 30 s): its first
+    kill's window closed at 29.2 s under load, a kill went then, and its window outlasted the
+    traffic, so the run had no stall. Now the kill waits for the stall."""
+    plan = [30.0]
+    assert next_fault(29.2, 29.2, 13.0, 54.0, plan, 6.0) is None
+    assert next_fault(30.0, 29.2, 13.0, 54.0, plan, 6.0) == "stall"
+    # after the stall, kills go on; none before the previous window closed
+    assert next_fault(50.0, 45.0, 13.0, 54.0, [], 6.0) == "kill"
+    assert next_fault(50.0, 52.0, 13.0, 54.0, [], 6.0) is None
+    # a kill well before the stall, and none in the traffic's kill-free tail
+    assert next_fault(10.0, 0.0, 8.0, 54.0, plan, 6.0) == "kill"
+    assert next_fault(55.0, 0.0, 8.0, 54.0, [], 6.0) is None

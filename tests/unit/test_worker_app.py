@@ -8,6 +8,7 @@ from pathlib import Path
 
 from faust.assignor.client_assignment import CopartitionedAssignment
 from faust.assignor.copartitioned_assignor import CopartitionedAssignor
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 from dupwatch.settings import Settings
 from dupwatch.streams.app import create_app
@@ -36,3 +37,16 @@ def test_a_worker_that_joins_after_a_crash_gets_input_partitions(tmp_path: Path)
     assert actives["replacement"], actives
     assert sorted(len(partitions) for partitions in actives.values()) == [1, 1, 2], actives
     assert sorted(p for partitions in actives.values() for p in partitions) == [0, 1, 2, 3]
+
+
+def test_the_worker_consumes_through_the_transport_that_rewinds_uncommitted_partitions(
+        tmp_path: Path) -> None:
+    """Faust's own aiokafka consumer leaves a partition nobody committed past the records it
+    dropped at a rebalance (tests/integration/test_consumer_rewind.py); the worker must use
+    streams/transport.py's instead."""
+    settings = Settings()
+    app = create_app(settings, kafka_options(settings), None,  # type: ignore[arg-type]
+                     CascadeThread(), tmp_path)
+    thread_class = type(app.consumer._thread)
+    assert issubclass(thread_class, AIOKafkaConsumerThread)
+    assert thread_class.seek_to_committed is not AIOKafkaConsumerThread.seek_to_committed
