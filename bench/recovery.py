@@ -1,8 +1,8 @@
 """`dupwatch bench recovery`: how long a shard of N images takes to come back after a crash,
 and what its snapshots cost the lookups it serves meanwhile.
 
-In this process, with the store, codec and batched apply a worker's shard uses (no broker:
-fetching the changelog runs at the broker's speed, which `bench workers` covers). The records
+First in this process, with the store, codec and batched apply a worker's shard uses (no
+broker; fetching is in the last part, below). The records
 are entries as the default cascade writes them: every stage's signal (SHA-256, pHash, its
 turned and mirrored codes, a 256-d embedding, up to 8 KB of local features), each image's own
 random digests and embedding, local features and the verdict's record of a few bundled photos

@@ -58,9 +58,10 @@ class FeatureIndex:
         signals, offset = list(latest.values()), self._end - self._base_size
         for first in range(0, len(signals), _WRITES_AT_ONCE):  # vectored: no joined copy
             chunk = signals[first:first + _WRITES_AT_ONCE]
-            if os.pwritev(self._file.fileno(), chunk, offset) != sum(map(len, chunk)):
+            size = sum(map(len, chunk))
+            if os.pwritev(self._file.fileno(), chunk, offset) != size:
                 raise OSError(errno.ENOSPC, "the features file took only part of a write")
-            offset += sum(map(len, chunk))
+            offset += size
         for key, signal in latest.items():  # written: now they may point at it
             if key in self._where:
                 self.remove(key)
@@ -148,4 +149,3 @@ class FeatureIndex:
 
     def __len__(self) -> int:
         return len(self._where)
-

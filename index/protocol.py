@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Self, Sequence, TypeVar
+from typing import Any, Iterable, Protocol, Self, Sequence, TypeVar
 
 Signal = TypeVar("Signal", contravariant=True)
+Key = TypeVar("Key")
+Item = TypeVar("Item")
 
 
 @dataclass(frozen=True, order=True)
@@ -56,11 +58,11 @@ class Index(Protocol[Signal]):
     def __len__(self) -> int: ...
 
 
-def last_of_each(items: Sequence[tuple[str, Signal]]) -> dict[str, Signal]:
-    """Each key's last signal, at the place of its last occurrence (as adding in turn leaves
+def last_of_each(items: Iterable[tuple[Key, Item]]) -> dict[Key, Item]:
+    """Each key's last item, at the place of its last occurrence (as adding in turn leaves
     them)."""
-    latest: dict[str, Signal] = {}
-    for key, signal in items:
+    latest: dict[Key, Item] = {}
+    for key, item in items:
         latest.pop(key, None)
-        latest[key] = signal
+        latest[key] = item
     return latest

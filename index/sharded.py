@@ -380,9 +380,9 @@ class ShardServer:
             if shard is None or message.offset() < shard.next_offset:
                 continue  # revoked meanwhile, or already in the snapshot
             fetched.setdefault(shard.number, []).append(message)
-        for number, messages in fetched.items():
-            apply(self._shards[number].store, [(m.key(), m.value()) for m in messages])
-            self._shards[number].next_offset = messages[-1].offset() + 1
+        for number, batch in fetched.items():
+            apply(self._shards[number].store, [(m.key(), m.value()) for m in batch])
+            self._shards[number].next_offset = batch[-1].offset() + 1
         for shard in self._shards.values():
             if not shard.answering:
                 # Also the end the latest fetch reported: some brokers' offset lists (Tansu's)

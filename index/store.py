@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from dupwatch.index.protocol import Hit, Index
+from dupwatch.index.protocol import Hit, Index, last_of_each
 from dupwatch.index.snapshot import (
     BackgroundSnapshot, SnapshotError, read_snapshot, write_snapshot,
 )
@@ -109,10 +109,7 @@ class LocalStore:
     def add(self, entries: list[Entry]) -> None:
         """Index them as adding each in turn would (one replaced or repeated is its last), with
         one call per stage and tenant (a changelog replays in batches)."""
-        latest: dict[tuple[str, str], Entry] = {}
-        for entry in entries:
-            latest.pop((entry.tenant, entry.image_id), None)
-            latest[entry.tenant, entry.image_id] = entry
+        latest = last_of_each(((entry.tenant, entry.image_id), entry) for entry in entries)
         batches: dict[tuple[str, str], list[tuple[str, Any]]] = {}
         for entry in latest.values():
             records = self._records.setdefault(entry.tenant, {})
